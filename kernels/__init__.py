@@ -1,0 +1,19 @@
+"""Fused label-smoothing cross-entropy kernels (installed as ``hf_calib_kernels``).
+
+Imports torch (and triton, lazily) only. The public, validated API is
+``hf_calib.fused_linear_label_smoothing_ce`` / ``hf_calib.label_smoothing_ce``.
+"""
+
+from .ce_torch import label_smoothing_ce_rows as label_smoothing_ce_rows_torch
+from .logits_ce import LabelSmoothingCE, label_smoothing_ce_from_logits
+from .fused_linear import DEFAULT_CHUNK_BYTES, FusedLinearLabelSmoothingCE, chunk_rows_for, fused_linear_ce
+
+__all__ = [
+    "DEFAULT_CHUNK_BYTES",
+    "FusedLinearLabelSmoothingCE",
+    "LabelSmoothingCE",
+    "chunk_rows_for",
+    "fused_linear_ce",
+    "label_smoothing_ce_from_logits",
+    "label_smoothing_ce_rows_torch",
+]

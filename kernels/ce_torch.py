@@ -1,0 +1,80 @@
+"""Plain-torch row kernel for label-smoothing cross-entropy.
+
+This is the CPU (and reference) twin of :mod:`ce_triton`. Both implement the same contract,
+:func:`label_smoothing_ce_rows`, on one chunk of rows whose logits are already materialized
+(the chunked driver in :mod:`fused_linear` produces them one chunk at a time).
+
+Per row, with logits ``z`` (after the optional soft cap ``z = c * tanh(raw / c)``), target ``y``,
+smoothing ``eps`` and vocabulary size ``V``::
+
+    loss = lse(z) - (1 - eps) * z_y - (eps / V) * sum_v z_v
+    dloss/dz_v = softmax(z)_v - eps / V - (1 - eps) * [v == y]
+    dloss/draw_v = dloss/dz_v * (1 - tanh(raw_v / c) ** 2)      (soft cap only)
+
+The smoothing mass is spread over all ``V`` classes, target included, exactly as
+``torch.nn.functional.cross_entropy(label_smoothing=eps)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def label_smoothing_ce_rows(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    label_smoothing: float,
+    softcap: float | None,
+    grad_scale: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Loss (and optionally its gradient) for a chunk of rows, computed in place.
+
+    Args:
+        logits: ``[C, V]`` float32, contiguous. Raw logits (before the soft cap). The buffer is
+            consumed: it is overwritten with intermediate values and, when possible, reused for
+            the returned gradient.
+        labels: ``[C]`` int64, every entry in ``[0, V)`` (ignored rows were removed by the caller).
+        label_smoothing: ``eps`` in ``[0, 1)``.
+        softcap: soft-cap value ``c`` or ``None``.
+        grad_scale: ``[C]`` float32 per-row factors applied to the gradient, or ``None`` to skip
+            the gradient entirely.
+
+    Returns:
+        ``(loss [C] float32, grad [C, V] float32 or None)`` where ``grad`` is
+        ``grad_scale[:, None] * dloss/draw``.
+    """
+    n_rows, vocab = logits.shape
+    eps = float(label_smoothing)
+    rows = torch.arange(n_rows, device=logits.device)
+    if softcap is not None:
+        # logits now holds t = tanh(raw / c); z = c * t lives in a second buffer because the
+        # chain-rule factor (1 - t^2) is still needed after the softmax.
+        tanh_raw = logits.div_(softcap).tanh_()
+        z = torch.mul(tanh_raw, softcap)
+    else:
+        tanh_raw = None
+        z = logits
+
+    z_target = z[rows, labels]
+    z_sum = z.sum(dim=1) if eps > 0.0 else None
+    row_max = z.amax(dim=1, keepdim=True)
+    exp_z = z.sub_(row_max).exp_()  # z is consumed here
+    sum_exp = exp_z.sum(dim=1, keepdim=True)
+    lse = (row_max + sum_exp.log()).squeeze(1)
+
+    loss = lse - (1.0 - eps) * z_target
+    if z_sum is not None:
+        loss = loss - (eps / vocab) * z_sum
+
+    if grad_scale is None:
+        return loss, None
+
+    scale = grad_scale.to(torch.float32).unsqueeze(1)
+    grad = exp_z.mul_(scale / sum_exp)  # scale * softmax
+    if eps > 0.0:
+        grad.sub_(scale * (eps / vocab))
+    grad[rows, labels] -= scale.squeeze(1) * (1.0 - eps)
+    if tanh_raw is not None:
+        grad.mul_(tanh_raw.square_().neg_().add_(1.0))
+    return loss, grad
