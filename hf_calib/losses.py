@@ -150,9 +150,7 @@ def fused_linear_label_smoothing_ce(
         raise ValueError(f"weight must have shape [V, H]; got {tuple(weight.shape)}.")
     vocab, width = weight.shape
     if hidden.shape[-1] != width:
-        raise ValueError(
-            f"hidden's last dimension ({hidden.shape[-1]}) must equal weight.shape[1] ({width})."
-        )
+        raise ValueError(f"hidden's last dimension ({hidden.shape[-1]}) must equal weight.shape[1] ({width}).")
     if not isinstance(labels, torch.Tensor) or labels.shape != hidden.shape[:-1]:
         raise ValueError(
             f"labels must have shape {tuple(hidden.shape[:-1])} (hidden's shape without H); "

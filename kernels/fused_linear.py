@@ -206,9 +206,7 @@ def fused_linear_ce(
 
     Returns a float32 scalar (``"mean"``: sum / ``denominator``; ``"sum"``) or ``[N]`` losses.
     """
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (hidden, weight, bias)
-    )
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
     if not needs_grad:
         rows_valid = (labels != ignore_index).nonzero().squeeze(1)
         losses = _run_chunks(
