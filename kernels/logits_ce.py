@@ -53,12 +53,14 @@ class LabelSmoothingCE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
+        # Always return a new tensor, never the stored one: autograd may adopt the returned
+        # gradient (or a view of it) as `.grad` and accumulate into it in place, which would
+        # corrupt the stored gradient for a second backward (retain_graph=True, gradcheck).
         grad = ctx.grad_logits
+        scale = grad_output.to(grad.dtype)
         if ctx.reduction == "none":
-            grad = grad * grad_output.to(grad.dtype).unsqueeze(1)
-        elif not (grad_output.numel() == 1 and float(grad_output) == 1.0):
-            grad = grad * grad_output.to(grad.dtype)
-        return grad, None, None, None, None, None, None, None, None
+            scale = scale.unsqueeze(1)
+        return grad * scale, None, None, None, None, None, None, None, None
 
 
 def label_smoothing_ce_from_logits(

@@ -1,0 +1,201 @@
+"""Triton row kernel for label-smoothing cross-entropy.
+
+The GPU twin of :mod:`ce_torch`: same contract, :func:`label_smoothing_ce_rows`, on one chunk of
+rows whose float32 logits are already materialized. One Triton program handles one row and walks
+its vocabulary in blocks of ``BLOCK_V`` columns, twice at most:
+
+* pass 1 keeps an online max ``m`` and sum ``s = sum_v exp(z_v - m)`` (rescaled whenever ``m``
+  grows), plus ``sum_v z_v`` for the smoothing term; ``z_y`` is read directly. Then::
+
+      lse  = m + log(s)
+      loss = lse - (1 - eps) * z_y - (eps / V) * sum_v z_v
+
+* pass 2 (only when a gradient is requested) recomputes ``z`` block by block and overwrites the
+  logits buffer in place with::
+
+      grad_v = scale * (exp(z_v - lse) - eps / V - (1 - eps) * [v == y]) * dz_v/draw_v
+
+With a soft cap ``c``, ``z = c * tanh(raw / c)`` and ``dz/draw = 1 - tanh(raw / c)^2``; the cap is
+applied once, to the raw logits, in both passes. Columns past ``V`` in the last block are masked
+out of the max, the sum of exponentials and the smoothing sum. All arithmetic is float32.
+
+Tensors on the CPU work only under the Triton interpreter (``TRITON_INTERPRET=1`` set before this
+module is imported), which the tests use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+#: Widest block of columns one program loads at a time on the GPU (float32, 16 KiB).
+MAX_BLOCK_V_GPU = 4096
+#: Under the interpreter (CPU tensors) blocks stay narrow, so realistic vocabularies take several
+#: blocks and the tests exercise the online rescaling and the partial last block.
+MAX_BLOCK_V_INTERPRETER = 1024
+
+
+@triton.jit
+def _tanh(x):
+    """``tanh(x)`` from ``exp`` only (the interpreter lacks libdevice).
+
+    ``sign(x) (1 - e) / (1 + e)`` with ``e = exp(-2|x|)`` in ``(0, 1]`` never overflows; near 0
+    a short odd series avoids the cancellation in ``1 - e``.
+    """
+    ax = tl.abs(x)
+    e = tl.exp(-2.0 * ax)
+    x2 = ax * ax
+    t_small = ax * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0))))
+    t = tl.where(ax < 0.1, t_small, (1.0 - e) / (1.0 + e))
+    return tl.where(x < 0.0, -t, t)
+
+
+@triton.jit
+def _sech2(x):
+    """``1 - tanh(x)^2 = 4e / (1 + e)^2`` with ``e = exp(-2|x|)``: no cancellation near ``|tanh| = 1``."""
+    e = tl.exp(-2.0 * tl.abs(x))
+    return 4.0 * e / ((1.0 + e) * (1.0 + e))
+
+
+@triton.jit
+def _label_smoothing_ce_rows_kernel(
+    logits_ptr,
+    labels_ptr,
+    grad_scale_ptr,
+    loss_ptr,
+    stride_row,
+    vocab,
+    eps_over_v,
+    one_minus_eps,
+    cap,
+    HAS_SOFTCAP: tl.constexpr,
+    HAS_SMOOTHING: tl.constexpr,
+    HAS_GRAD: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    row_ptr = logits_ptr + row * stride_row
+    target = tl.load(labels_ptr + row)
+    cols = tl.arange(0, BLOCK_V)
+
+    raw_target = tl.load(row_ptr + target).to(tl.float32)
+    if HAS_SOFTCAP:
+        z_target = cap * _tanh(raw_target / cap)
+    else:
+        z_target = raw_target
+
+    run_max = -float("inf")
+    run_sum = 0.0
+    z_sum = 0.0
+    for start in range(0, vocab, BLOCK_V):
+        offs = start + cols
+        mask = offs < vocab
+        raw = tl.load(row_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        if HAS_SOFTCAP:
+            z = cap * _tanh(raw / cap)
+        else:
+            z = raw
+        # Masked lanes are -inf for the max / exp and 0 for the smoothing sum, never both.
+        z_for_max = tl.where(mask, z, -float("inf"))
+        new_max = tl.maximum(run_max, tl.max(z_for_max, axis=0))
+        # While every logit seen so far is -inf, shift by 0 instead: exp(-inf - -inf) would be NaN.
+        shift = tl.where(new_max == -float("inf"), 0.0, new_max)
+        run_sum = run_sum * tl.exp(run_max - shift) + tl.sum(tl.exp(z_for_max - shift), axis=0)
+        run_max = new_max
+        if HAS_SMOOTHING:
+            z_sum += tl.sum(tl.where(mask, z, 0.0), axis=0)
+
+    lse = run_max + tl.log(run_sum)
+    loss = lse - one_minus_eps * z_target
+    if HAS_SMOOTHING:
+        loss -= eps_over_v * z_sum
+    tl.store(loss_ptr + row, loss)
+
+    if HAS_GRAD:
+        scale = tl.load(grad_scale_ptr + row).to(tl.float32)
+        for start in range(0, vocab, BLOCK_V):
+            offs = start + cols
+            mask = offs < vocab
+            raw = tl.load(row_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            if HAS_SOFTCAP:
+                z = cap * _tanh(raw / cap)
+            else:
+                z = raw
+            grad = tl.exp(z - lse)
+            if HAS_SMOOTHING:
+                grad -= eps_over_v
+            grad = tl.where(offs == target, grad - one_minus_eps, grad) * scale
+            if HAS_SOFTCAP:
+                grad *= _sech2(raw / cap)
+            tl.store(row_ptr + offs, grad, mask=mask)
+
+
+def _block_v(vocab: int, device: torch.device) -> int:
+    cap = MAX_BLOCK_V_INTERPRETER if device.type == "cpu" else MAX_BLOCK_V_GPU
+    return min(cap, triton.next_power_of_2(max(vocab, 1)))
+
+
+def label_smoothing_ce_rows(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    label_smoothing: float,
+    softcap: float | None,
+    grad_scale: torch.Tensor | None,
+    block_v: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Loss (and optionally its gradient) for a chunk of rows; the contract of
+    :func:`hf_calib_kernels.ce_torch.label_smoothing_ce_rows`.
+
+    Args:
+        logits: ``[C, V]`` float32 raw logits (before the soft cap), contiguous. Consumed:
+            when ``grad_scale`` is given it is overwritten with the gradient and returned.
+        labels: ``[C]`` int64, every entry in ``[0, V)``.
+        label_smoothing: ``eps`` in ``[0, 1)``.
+        softcap: soft-cap value ``c`` or ``None``.
+        grad_scale: ``[C]`` per-row gradient factors, or ``None`` to skip the gradient.
+        block_v: columns per block (a power of two); default ``min(next_pow2(V), 4096)`` on the
+            GPU and at most 1024 under the interpreter.
+
+    Returns:
+        ``(loss [C] float32, grad [C, V] float32 or None)`` with
+        ``grad = grad_scale[:, None] * dloss/draw``.
+    """
+    n_rows, vocab = logits.shape
+    if logits.dtype != torch.float32:
+        raise ValueError(f"logits must be float32 for the Triton row kernel; got {logits.dtype}.")
+    if not logits.is_contiguous():
+        logits = logits.contiguous()
+    loss = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
+    want_grad = grad_scale is not None
+    if n_rows == 0:
+        return loss, logits if want_grad else None
+    block = _block_v(vocab, logits.device) if block_v is None else int(block_v)
+    if block < 1 or block & (block - 1):
+        raise ValueError(f"block_v must be a power of two; got {block_v}.")
+    eps = float(label_smoothing)
+    labels = labels.contiguous()
+    scale = grad_scale.to(device=logits.device, dtype=torch.float32).contiguous() if want_grad else loss
+    # Triton launches on the current CUDA device; the lm_head may sit elsewhere (device_map="auto").
+    device_guard = torch.cuda.device(logits.device) if logits.device.type == "cuda" else contextlib.nullcontext()
+    with device_guard:
+        _label_smoothing_ce_rows_kernel[(n_rows,)](
+            logits,
+            labels,
+            scale,
+            loss,
+            logits.stride(0),
+            vocab,
+            eps / vocab,
+            1.0 - eps,
+            1.0 if softcap is None else float(softcap),
+            HAS_SOFTCAP=softcap is not None,
+            HAS_SMOOTHING=eps > 0.0,
+            HAS_GRAD=want_grad,
+            BLOCK_V=block,
+            num_warps=8 if block >= 2048 else 4,
+        )
+    return loss, logits if want_grad else None
