@@ -10,6 +10,8 @@ from .calibration import (
     top_label_calibration_error,
     top_label_confidence,
 )
+from .evaluate_support import evaluate_module
+from .plots import reliability_diagram, reliability_diagram_from_state, save_reliability_diagram
 from .ranking import aurc, misclassification_auprc, misclassification_auroc, risk_coverage_curve
 from .scores import accuracy, brier_score, nll, nll_from_logits
 from .state import CalibrationState
@@ -21,11 +23,15 @@ __all__ = [
     "brier_score",
     "calibration_error",
     "classwise_calibration_error",
+    "evaluate_module",
     "misclassification_auprc",
     "misclassification_auroc",
     "nll",
     "nll_from_logits",
+    "reliability_diagram",
+    "reliability_diagram_from_state",
     "risk_coverage_curve",
+    "save_reliability_diagram",
     "top_label_calibration_error",
     "top_label_confidence",
 ]
