@@ -14,11 +14,16 @@ from .assets import (
     smollm2_path,
 )
 from .losses import fused_linear_label_smoothing_ce, label_smoothing_ce
+from .trainer import CalibratedLossMixin, CalibratedTrainer, FusedLossFallbackWarning
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AssetNotFoundError",
+    "CalibratedLossMixin",
+    "CalibratedSFTTrainer",
+    "CalibratedTrainer",
+    "FusedLossFallbackWarning",
     "gemma3_270m_path",
     "load_mmlu",
     "load_movie_reviews",
@@ -32,3 +37,12 @@ __all__ = [
     "fused_linear_label_smoothing_ce",
     "label_smoothing_ce",
 ]
+
+
+def __getattr__(name: str):
+    # TRL is optional: CalibratedSFTTrainer imports it only when asked for.
+    if name == "CalibratedSFTTrainer":
+        from .trainer import CalibratedSFTTrainer
+
+        return CalibratedSFTTrainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,78 @@
+"""``CalibratedSFTTrainer``: TRL's ``SFTTrainer`` with the fused label-smoothing loss.
+
+Imported lazily (``hf_calib.CalibratedSFTTrainer``) so that hf_calib itself does not need TRL.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+
+from ._fused_head import TokenStats
+from .trainer import CalibratedLossMixin
+
+try:
+    from trl import SFTTrainer
+except ImportError as exc:  # pragma: no cover - exercised only without trl
+    raise ImportError("hf_calib.CalibratedSFTTrainer needs TRL: pip install trl") from exc
+
+__all__ = ["CalibratedSFTTrainer"]
+
+
+class CalibratedSFTTrainer(CalibratedLossMixin, SFTTrainer):
+    """TRL ``SFTTrainer`` whose ``label_smoothing_factor`` runs through the fused loss.
+
+    TRL computes label smoothing from full logits with an extra forward pass; here the loss is
+    fused into the single forward (see :class:`hf_calib.CalibratedLossMixin`). TRL's per-token
+    metrics are kept: ``entropy`` and ``mean_token_accuracy`` are measured on the non-ignored
+    tokens from one extra chunked, gradient-free pass over the output layer (the fused loss
+    itself does not return them), and ``num_tokens`` as TRL counts it.
+
+    Set-ups the fused loss does not express fall back to ``SFTTrainer``'s own loss with one
+    warning: ``loss_type="dft"``, MoE router auxiliary loss (``aux_loss_enabled``), a
+    ``compute_loss_func``, and the parallel layouts listed in ``CalibratedLossMixin``.
+    """
+
+    _calib_wants_token_stats = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        with warnings.catch_warnings():
+            # TRL warns that label smoothing costs an extra full-logits forward; not here.
+            warnings.filterwarnings("ignore", message="`label_smoothing_factor` is deprecated in `SFTTrainer`")
+            super().__init__(*args, **kwargs)
+
+    def _calib_defer_reason(self) -> str | None:
+        reason = super()._calib_defer_reason()
+        if reason is None and getattr(self.args, "loss_type", "nll") != "nll":
+            reason = f"SFTConfig.loss_type={self.args.loss_type!r} is not the label-smoothing cross-entropy"
+        if reason is None and getattr(self, "aux_loss_enabled", False):
+            reason = "the MoE router auxiliary loss (aux_loss_enabled) is added by SFTTrainer's own loss"
+        return reason
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs["use_cache"] = False  # as SFTTrainer: no KV cache in training forwards
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def _calib_after_loss(self, inputs: dict[str, Any], stats: TokenStats | None) -> None:
+        """Record TRL's ``entropy``, ``mean_token_accuracy`` and ``num_tokens`` metrics."""
+        mode = "train" if self.model.training else "eval"
+        metrics = self._metrics[mode]
+        if stats is not None:
+            gather = self.accelerator.gather_for_metrics
+            n_valid = gather(stats.n_valid).sum()
+            entropy_sum = gather(stats.entropy_sum).sum()
+            n_correct = gather(stats.n_correct).sum()
+            metrics["entropy"].append((entropy_sum / n_valid).item() if n_valid > 0 else 0.0)
+            metrics["mean_token_accuracy"].append((n_correct / n_valid).item() if n_valid > 0 else 0.0)
+        if mode == "train":
+            if inputs.get("attention_mask") is not None:
+                local = inputs["attention_mask"].sum()
+            elif inputs.get("position_ids") is not None:
+                local = torch.tensor(inputs["position_ids"].size(1), device=inputs["position_ids"].device)
+            else:
+                raise ValueError("Expected 'attention_mask' or 'position_ids' in inputs.")
+            tokens = self.accelerator.gather_for_metrics(local).sum().item()
+            self._total_train_tokens += tokens // getattr(self, "_tp_size", 1)
+        metrics["num_tokens"] = [self._total_train_tokens]
