@@ -13,6 +13,7 @@ from .assets import (
     sharegpt_to_messages,
     smollm2_path,
 )
+from .eval import MultipleChoiceCalibration
 from .losses import fused_linear_label_smoothing_ce, label_smoothing_ce
 from .trainer import CalibratedLossMixin, CalibratedTrainer, FusedLossFallbackWarning
 
@@ -24,6 +25,7 @@ __all__ = [
     "CalibratedSFTTrainer",
     "CalibratedTrainer",
     "FusedLossFallbackWarning",
+    "MultipleChoiceCalibration",
     "gemma3_270m_path",
     "load_mmlu",
     "load_movie_reviews",
