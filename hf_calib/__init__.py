@@ -13,8 +13,10 @@ from .assets import (
     sharegpt_to_messages,
     smollm2_path,
 )
+from .callbacks import ReliabilityDiagramCallback
 from .eval import MultipleChoiceCalibration
 from .losses import fused_linear_label_smoothing_ce, label_smoothing_ce
+from .token_calibration import TokenCalibrationConfig, TokenCalibrationMetrics, token_calibration_metrics
 from .trainer import CalibratedLossMixin, CalibratedTrainer, FusedLossFallbackWarning
 
 __version__ = "0.1.0"
@@ -26,6 +28,9 @@ __all__ = [
     "CalibratedTrainer",
     "FusedLossFallbackWarning",
     "MultipleChoiceCalibration",
+    "ReliabilityDiagramCallback",
+    "TokenCalibrationConfig",
+    "TokenCalibrationMetrics",
     "gemma3_270m_path",
     "load_mmlu",
     "load_movie_reviews",
@@ -36,6 +41,7 @@ __all__ = [
     "mmlu_subjects",
     "sharegpt_to_messages",
     "smollm2_path",
+    "token_calibration_metrics",
     "fused_linear_label_smoothing_ce",
     "label_smoothing_ce",
 ]
@@ -44,7 +50,8 @@ __all__ = [
 def __getattr__(name: str):
     # TRL is optional: CalibratedSFTTrainer imports it only when asked for.
     if name == "CalibratedSFTTrainer":
-        from .trainer import CalibratedSFTTrainer
+        from .token_calibration import TokenCalibrationConfig, TokenCalibrationMetrics, token_calibration_metrics
+from .trainer import CalibratedSFTTrainer
 
         return CalibratedSFTTrainer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hf_calib_kernels import chunk_rows_for
+from hf_calib_kernels.token_stats import TokenRowStats, linear_row_stats
 
 from .losses import fused_linear_label_smoothing_ce, label_smoothing_ce
 
@@ -61,7 +62,10 @@ class FusedLossRequest:
     ``labels`` are ``[B, T]``, already shifted (``labels[b, t]`` is the target of position ``t``).
     After the forward, ``loss`` holds the fused loss (``None`` if the head had to return full
     logits, with ``skipped`` saying why), ``stats`` the optional :class:`TokenStats`, ``calls``
-    how many times the head ran.
+    how many times the head ran. With ``calibration=True`` the head also leaves
+    ``calibration_rows = (rows, row_stats)``: the indices ``rows [N]`` of the non-ignored positions in
+    the flattened ``[B * T]`` labels and their softmax statistics (confidence, correctness, NLL,
+    Brier; :class:`hf_calib_kernels.token_stats.TokenRowStats`), computed chunk-wise without gradient.
     """
 
     labels: torch.Tensor
@@ -70,8 +74,10 @@ class FusedLossRequest:
     softcap: float | None = None
     ignore_index: int = IGNORE_INDEX
     token_stats: bool = False
+    calibration: bool = False
     loss: torch.Tensor | None = None
     stats: TokenStats | None = None
+    calibration_rows: tuple[torch.Tensor, TokenRowStats] | None = None
     calls: int = 0
     skipped: str | None = None
 
@@ -118,6 +124,10 @@ class FusedLossLinear(nn.Linear):
         request.loss = loss
         if request.token_stats:
             request.stats = token_stats(
+                hidden, weight, bias, labels, softcap=request.softcap, ignore_index=request.ignore_index
+            )
+        if request.calibration:
+            request.calibration_rows = calibration_rows(
                 hidden, weight, bias, labels, softcap=request.softcap, ignore_index=request.ignore_index
             )
         # Zero-width "logits" hanging off the loss: DDP with find_unused_parameters=True (Trainer's
@@ -192,6 +202,25 @@ def token_stats(
         entropy_sum += ent
         n_correct += hits
     return TokenStats(torch.tensor(float(rows.numel()), device=hidden.device), entropy_sum, n_correct)
+
+
+@torch.no_grad()
+def calibration_rows(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    *,
+    softcap: float | None,
+    ignore_index: int = IGNORE_INDEX,
+) -> tuple[torch.Tensor, TokenRowStats]:
+    """``(rows, stats)``: the flat indices of the non-ignored ``labels [...]`` and the softmax statistics of
+    ``softcap(hidden @ weight.T + bias)`` at those rows (``hidden [..., H]``), one chunk of logits at a time."""
+    flat_h = hidden.detach().reshape(-1, hidden.shape[-1])
+    flat_y = labels.reshape(-1)
+    rows = (flat_y != ignore_index).nonzero().squeeze(1)
+    bias = None if bias is None else bias.detach()
+    return rows, linear_row_stats(flat_h, weight.detach(), bias, flat_y, rows, softcap=softcap)
 
 
 @torch.no_grad()

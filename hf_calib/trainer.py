@@ -13,6 +13,11 @@ gradient-accumulation and ``average_tokens_across_devices`` scaling as ``Trainer
 Models the fused path cannot serve exactly take the logits path (same loss, computed with
 :func:`hf_calib.label_smoothing_ce` on the full logits) after one :class:`FusedLossFallbackWarning`;
 models without a causal LM loss (e.g. sequence classification) keep Trainer's own loss.
+
+Every evaluation of a causal LM also reports token-level calibration (``eval_token_ece``,
+``eval_token_nll``, ... ; :mod:`hf_calib.token_calibration`), reduced per batch to per-sample
+statistics (computed inside the armed output layer on the fused path, so still no ``[B, T, V]``
+logits), gathered like predictions and merged into the metrics before Trainer logs them.
 """
 
 from __future__ import annotations
@@ -36,6 +41,13 @@ from ._fused_head import (
     token_stats_from_logits,
 )
 from .losses import label_smoothing_ce
+from .token_calibration import (
+    TokenCalibrationConfig,
+    TokenCalibrationMetrics,
+    pack_token_stats,
+    stats_width,
+    token_calibration_stats,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -82,17 +94,36 @@ class CalibratedLossMixin:
       full logits, loss from :func:`hf_calib.label_smoothing_ce`, same definition.
     - base trainer: non-causal models (sequence classification keeps Trainer's ``LabelSmoother``),
       a user ``compute_loss_func``, batches without ``labels``.
+
+    Evaluation of a causal LM reports token-level calibration metrics (``calibration_metrics``:
+    ``True`` for the defaults of :class:`~hf_calib.token_calibration.TokenCalibrationConfig`, a
+    config, or ``False`` to switch them off); ``token_calibration.last_state`` holds the latest
+    evaluation's :class:`~hf_calib.metrics.CalibrationState`.
     """
 
     #: Also measure per-token entropy and top-1 accuracy (used by the TRL SFT subclass's metrics).
     _calib_wants_token_stats: bool = False
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, calibration_metrics: bool | TokenCalibrationConfig = True, **kwargs: Any) -> None:
+        config = TokenCalibrationConfig.resolve(calibration_metrics)
         super().__init__(*args, **kwargs)
         self._calib_loss_only = False
         self._calib_warned: set[str] = set()
         self._calib_plan: FusedLossPlan | None = None
+        self._calib_is_causal = False
+        self.calibration_config = config
+        self.token_calibration = (
+            None if config is None else TokenCalibrationMetrics(config.n_bins, prefix=config.prefix)
+        )
+        # During evaluation_loop: the running [1, width] sum of the gathered per-sample statistics (or None).
+        self._calib_eval_stats: torch.Tensor | None = None
+        self._calib_eval_batches = 0
+        self._calib_pending: torch.Tensor | None = None  # this batch's per-sample statistics
         self._calib_setup(self.model)
+        if config is not None and config.reliability_diagram:
+            from .callbacks import ReliabilityDiagramCallback
+
+            self.add_callback(ReliabilityDiagramCallback(self.token_calibration, trainer=self))
 
     # ---- setup -----------------------------------------------------------------------------
     def call_model_init(self, trial: Any = None) -> nn.Module:
@@ -117,7 +148,8 @@ class CalibratedLossMixin:
 
     def _calib_setup(self, model: nn.Module) -> None:
         self._calib_plan = None
-        if not _is_causal_lm(model):
+        self._calib_is_causal = _is_causal_lm(model)
+        if not self._calib_is_causal:
             logger.info("hf_calib: %s has no causal-LM loss; using the trainer's own loss.", type(model).__name__)
             return
         reason = self._calib_defer_reason()
@@ -169,10 +201,9 @@ class CalibratedLossMixin:
         ``average_tokens_across_devices`` is on.
         """
         path = self._calib_path(inputs, return_outputs)
+        collect = self._calib_eval_stats is not None
         if path is None:
-            return super().compute_loss(
-                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-            )
+            return self._calib_base_loss(model, inputs, return_outputs, num_items_in_batch, collect)
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         shift_labels = inputs.pop("shift_labels", None)
@@ -189,12 +220,19 @@ class CalibratedLossMixin:
                 num_items_in_batch=num_items_in_batch,
                 softcap=self._calib_plan.softcap,
                 token_stats=self._calib_wants_token_stats,
+                calibration=collect,
             )
             with armed(self._calib_plan.head, request):
                 outputs = model(**inputs)
             if request.calls > 1:
                 raise RuntimeError(f"hf_calib: {request.skipped}; the fused loss cannot serve this model.")
             loss, stats = request.loss, request.stats
+            if loss is not None and request.calibration_rows is not None:
+                rows, row_stats = request.calibration_rows
+                n_samples, seq = shift_labels.shape[0], shift_labels.shape[-1]
+                self._calib_pending = pack_token_stats(
+                    row_stats, rows // seq, n_samples, n_bins=self.token_calibration.n_bins
+                )
             if loss is None:  # the head returned full logits (or never ran): use them
                 self._calib_warn(f"{request.skipped or 'the output layer did not run'}; such batches use full logits")
         else:
@@ -205,6 +243,8 @@ class CalibratedLossMixin:
             loss = label_smoothing_ce(logits, targets, label_smoothing=eps, num_items_in_batch=num_items_in_batch)
             if self._calib_wants_token_stats:
                 stats = token_stats_from_logits(logits, targets)
+            if collect:
+                self._calib_pending = self._calib_stats_from_logits(logits, targets)
         # As Trainer.compute_loss: num_items_in_batch counts every rank's tokens and DDP averages gradients.
         if (
             self.args.average_tokens_across_devices
@@ -220,6 +260,33 @@ class CalibratedLossMixin:
     def _calib_after_loss(self, inputs: dict[str, Any], stats: TokenStats | None) -> None:
         """Hook for subclasses that log per-token statistics (no-op here)."""
 
+    def _calib_base_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool,
+        num_items_in_batch: torch.Tensor | int | None,
+        collect: bool,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        """The base trainer's loss; while evaluating a causal LM, token statistics from its logits if it
+        returns them (Trainer's own loss may pop ``labels``, so they are kept first)."""
+        labels, shift_labels = inputs.get("labels"), inputs.get("shift_labels")
+        result = super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
+        if collect and self._calib_is_causal and labels is not None and return_outputs:
+            outputs = result[1]
+            logits = outputs.get("logits") if isinstance(outputs, dict) else None
+            if isinstance(logits, torch.Tensor) and logits.ndim == 3 and logits.shape[-1] > 0:
+                targets = shift_labels if shift_labels is not None else shift_causal_labels(labels, IGNORE_INDEX)
+                self._calib_pending = self._calib_stats_from_logits(logits, targets.to(logits.device))
+        return result
+
+    def _calib_stats_from_logits(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return token_calibration_stats(
+            logits.detach(), targets, n_bins=self.token_calibration.n_bins, shift_labels=False
+        )
+
     def prediction_step(
         self,
         model: nn.Module,
@@ -227,20 +294,66 @@ class CalibratedLossMixin:
         prediction_loss_only: bool,
         ignore_keys: list[str] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """The base trainer's step; with ``prediction_loss_only`` the loss takes the fused path."""
+        """The base trainer's step; with ``prediction_loss_only`` the loss takes the fused path.
+
+        While :meth:`evaluation_loop` collects token calibration, the batch's per-sample statistics
+        are gathered across processes here, with ``gather_for_metrics`` (which drops the samples that
+        pad the last batch), exactly like Trainer gathers predictions.
+        """
         previous = self._calib_loss_only
         self._calib_loss_only = bool(prediction_loss_only)
+        self._calib_pending = None
         try:
-            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+            result = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
         finally:
             self._calib_loss_only = previous
+        stats, self._calib_pending = self._calib_pending, None
+        if self._calib_eval_stats is not None and stats is not None:
+            gathered = self.accelerator.gather_for_metrics(stats).cpu().to(torch.float64)
+            self._calib_eval_stats += gathered.sum(dim=0, keepdim=True)  # sums of sums: O(n_bins) memory
+            self._calib_eval_batches += 1
+        return result
+
+    def evaluation_loop(
+        self,
+        dataloader: Any,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> Any:
+        """The base trainer's loop, plus the token calibration metrics ``{metric_key_prefix}_{prefix}*``.
+
+        They are added to the loop's metrics, so ``evaluate()`` returns them, logs them (``log_history``
+        and every ``report_to`` integration) and can select the best model by them. Reported for causal
+        LMs on batches with labels: ``{prefix}count`` always (0 for an empty evaluation set or when every
+        label is ignored), the other keys when there is at least one token.
+        """
+        if self.token_calibration is None or not self._calib_is_causal:
+            return super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
+        self._calib_eval_stats = torch.zeros(1, stats_width(self.token_calibration.n_bins), dtype=torch.float64)
+        self._calib_eval_batches = 0
+        try:
+            output = super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
+            total = self._calib_eval_stats
+        finally:
+            self._calib_eval_stats = None
+        if self._calib_eval_batches or output.num_samples == 0:
+            metrics = self.token_calibration.metrics_from_stats(total)
+            output.metrics.update({f"{metric_key_prefix}_{key}": value for key, value in metrics.items()})
+        return output
 
 
 class CalibratedTrainer(CalibratedLossMixin, Trainer):
     """``transformers.Trainer`` whose ``label_smoothing_factor`` runs through the fused loss.
 
     Drop-in: ``CalibratedTrainer(model=..., args=TrainingArguments(label_smoothing_factor=0.1), ...)``.
-    See :class:`CalibratedLossMixin` for which path each model takes.
+    See :class:`CalibratedLossMixin` for which path each model takes. Evaluations also report
+    token-level calibration (``calibration_metrics=False`` switches that off).
     """
 
 
