@@ -50,8 +50,7 @@ __all__ = [
 def __getattr__(name: str):
     # TRL is optional: CalibratedSFTTrainer imports it only when asked for.
     if name == "CalibratedSFTTrainer":
-        from .token_calibration import TokenCalibrationConfig, TokenCalibrationMetrics, token_calibration_metrics
-from .trainer import CalibratedSFTTrainer
+        from .trainer import CalibratedSFTTrainer
 
         return CalibratedSFTTrainer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
