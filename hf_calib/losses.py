@@ -133,7 +133,7 @@ def fused_linear_label_smoothing_ce(
         reduction: ``"mean"`` or ``"sum"`` (float32 scalar) or ``"none"`` (float32, shape of labels).
         softcap: optional soft cap ``c`` applied as ``c * tanh(logits / c)``.
         backend: ``None`` (Triton on CUDA, chunked torch elsewhere), ``"torch"`` or ``"triton"``.
-        chunk_bytes: size of one float32 logits chunk (default 64 MiB); peak extra memory is a
+        chunk_bytes: size of one float32 logits chunk (default 256 MiB); peak extra memory is a
             small multiple of it.
 
     Rows are processed in chunks; only ``[chunk, V]`` logits exist at any time. For "mean"/"sum"

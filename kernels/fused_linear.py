@@ -27,7 +27,7 @@ import torch
 RowKernel = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 
 #: Default size of one chunk of float32 logits. Peak extra memory is a small multiple of it.
-DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
+DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024
 
 
 def chunk_rows_for(n_rows: int, vocab: int, chunk_bytes: int | None = None) -> int:
@@ -96,6 +96,8 @@ def _run_chunks(
         losses[start:stop] = loss_c
         if dlogits is not None:
             _accumulate_grads(dlogits, h_c, rows, weight, grad_hidden, grad_weight, grad_bias)
+        # Free this chunk before the next one is allocated: peak extra memory is one chunk, not two.
+        del logits, dlogits
     return losses
 
 
@@ -154,13 +156,20 @@ class FusedLinearLabelSmoothingCE(torch.autograd.Function):
             None if grad_weight is None else grad_weight.to(weight.dtype),
             None if grad_bias is None else grad_bias.to(bias.dtype),
         )
+        # Only for a second backward (retain_graph=True), which recomputes the gradients.
+        ctx.save_for_backward(hidden, weight, bias, labels, rows_valid)
+        ctx.config = (label_smoothing, softcap, row_kernel, chunk_rows)
+        ctx.scale = scale
         return loss
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
-        if ctx.reduction != "none":
+        if ctx.reduction != "none" and ctx.grads is not None:
+            # Hand the stored gradients over and drop ctx's reference: autograd then adopts them as
+            # `.grad` instead of copying them (grad_weight is [V, H]).
+            stored, ctx.grads = ctx.grads, None
             grads = []
-            for g in ctx.grads:
+            for g in stored:
                 if g is not None and not (grad_output.numel() == 1 and float(grad_output) == 1.0):
                     g = g * grad_output.to(g.dtype)
                 grads.append(g)
@@ -168,6 +177,10 @@ class FusedLinearLabelSmoothingCE(torch.autograd.Function):
 
         hidden, weight, bias, labels, rows_valid = ctx.saved_tensors
         label_smoothing, softcap, row_kernel, chunk_rows = ctx.config
+        if ctx.reduction == "none":
+            grad_scale = grad_output.reshape(-1).float().index_select(0, rows_valid)
+        else:
+            grad_scale = (grad_output.float().reshape(1) * ctx.scale).expand(rows_valid.numel()).contiguous()
         needs_h, needs_w, needs_b = ctx.needs_input_grad[:3]
         device = hidden.device
         grad_hidden = torch.zeros_like(hidden) if needs_h else None
@@ -176,8 +189,7 @@ class FusedLinearLabelSmoothingCE(torch.autograd.Function):
         _run_chunks(
             hidden, weight, bias, labels, rows_valid,
             label_smoothing=label_smoothing, softcap=softcap, row_kernel=row_kernel,
-            chunk_rows=chunk_rows,
-            grad_scale=grad_output.reshape(-1).float().index_select(0, rows_valid),
+            chunk_rows=chunk_rows, grad_scale=grad_scale,
             grad_hidden=grad_hidden, grad_weight=grad_weight, grad_bias=grad_bias,
         )  # fmt: skip
         return (
