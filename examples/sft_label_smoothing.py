@@ -28,7 +28,7 @@ from hf_calib.assets import load_sharegpt_turns, load_smollm2
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--turns", type=int, default=320, help="ShareGPT (user, assistant) turns to train on")
+    parser.add_argument("--turns", type=int, default=256, help="ShareGPT (user, assistant) turns to train on")
     parser.add_argument("--eval-turns", type=int, default=32, help="held-out turns for the before/after loss")
     parser.add_argument("--max-length", type=int, default=128, help="tokens per example (prompt + answer)")
     parser.add_argument("--label-smoothing", type=float, default=0.1, help="epsilon of label smoothing")

@@ -15,6 +15,7 @@ from .assets import (
 )
 from .callbacks import ReliabilityDiagramCallback
 from .eval import MultipleChoiceCalibration
+from .eval.callback import MultipleChoiceCalibrationCallback
 from .losses import fused_linear_label_smoothing_ce, label_smoothing_ce
 from .token_calibration import TokenCalibrationConfig, TokenCalibrationMetrics, token_calibration_metrics
 from .trainer import CalibratedLossMixin, CalibratedTrainer, FusedLossFallbackWarning
@@ -28,6 +29,7 @@ __all__ = [
     "CalibratedTrainer",
     "FusedLossFallbackWarning",
     "MultipleChoiceCalibration",
+    "MultipleChoiceCalibrationCallback",
     "ReliabilityDiagramCallback",
     "TokenCalibrationConfig",
     "TokenCalibrationMetrics",

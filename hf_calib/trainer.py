@@ -18,13 +18,16 @@ Every evaluation of a causal LM also reports token-level calibration (``eval_tok
 ``eval_token_nll``, ... ; :mod:`hf_calib.token_calibration`), reduced per batch to per-sample
 statistics (computed inside the armed output layer on the fused path, so still no ``[B, T, V]``
 logits), gathered like predictions and merged into the metrics before Trainer logs them.
+``multiple_choice=`` adds answer-level calibration on multiple-choice questions the same way
+(``eval_mc/macro/ece``, ...; :mod:`hf_calib.eval.callback`).
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -48,6 +51,9 @@ from .token_calibration import (
     stats_width,
     token_calibration_stats,
 )
+
+if TYPE_CHECKING:
+    from .eval import MultipleChoiceCalibration
 
 logger = logging.getLogger(__name__)
 
@@ -99,14 +105,32 @@ class CalibratedLossMixin:
     ``True`` for the defaults of :class:`~hf_calib.token_calibration.TokenCalibrationConfig`, a
     config, or ``False`` to switch them off); ``token_calibration.last_state`` holds the latest
     evaluation's :class:`~hf_calib.metrics.CalibrationState`.
+
+    ``multiple_choice`` (a :class:`~hf_calib.eval.MultipleChoiceCalibration` or a list of them, any
+    model type) adds ``{metric_key_prefix}_{key}`` for every key of ``evaluate(self.model, tokenizer)``
+    (e.g. ``eval_mc/macro/ece``) once per ``evaluate()`` call, before Trainer logs the metrics; the
+    tokenizer is the evaluator's own, else ``processing_class``. Its time is part of ``eval_runtime``.
     """
 
     #: Also measure per-token entropy and top-1 accuracy (used by the TRL SFT subclass's metrics).
     _calib_wants_token_stats: bool = False
 
-    def __init__(self, *args: Any, calibration_metrics: bool | TokenCalibrationConfig = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        calibration_metrics: bool | TokenCalibrationConfig = True,
+        multiple_choice: MultipleChoiceCalibration | Sequence[MultipleChoiceCalibration] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        from .eval.callback import check_tokenizers, resolve_multiple_choice
+
         config = TokenCalibrationConfig.resolve(calibration_metrics)
+        evaluators = resolve_multiple_choice(multiple_choice)
         super().__init__(*args, **kwargs)
+        check_tokenizers(evaluators, self.processing_class)
+        self.multiple_choice = evaluators
+        self._mc_depth = 0  # nesting of evaluate() calls (a dict of eval datasets recurses)
+        self._mc_prefix: str | None = None  # set by the outermost evaluate(), consumed by one evaluation_loop
         self._calib_loss_only = False
         self._calib_warned: set[str] = set()
         self._calib_plan: FusedLossPlan | None = None
@@ -330,9 +354,10 @@ class CalibratedLossMixin:
         label is ignored), the other keys when there is at least one token.
         """
         if self.token_calibration is None or not self._calib_is_causal:
-            return super().evaluation_loop(
+            output = super().evaluation_loop(
                 dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
             )
+            return self._mc_merge(output)
         self._calib_eval_stats = torch.zeros(1, stats_width(self.token_calibration.n_bins), dtype=torch.float64)
         self._calib_eval_batches = 0
         try:
@@ -345,6 +370,38 @@ class CalibratedLossMixin:
         if self._calib_eval_batches or output.num_samples == 0:
             metrics = self.token_calibration.metrics_from_stats(total)
             output.metrics.update({f"{metric_key_prefix}_{key}": value for key, value in metrics.items()})
+        return self._mc_merge(output)
+
+    def evaluate(
+        self,
+        eval_dataset: Any = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> dict[str, float]:
+        """The base trainer's ``evaluate``; with ``multiple_choice``, its metrics run once per call.
+
+        The outermost call arms them with its ``metric_key_prefix``; the first evaluation loop inside it
+        (the only one, or the first dataset's of a dict of eval datasets) adds them to its metrics, so
+        they are logged in Trainer's own evaluation entry. ``predict()`` does not run them.
+        """
+        outer = self._mc_depth == 0
+        if outer and self.multiple_choice:
+            self._mc_prefix = metric_key_prefix
+        self._mc_depth += 1
+        try:
+            return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        finally:
+            self._mc_depth -= 1
+            if outer:
+                self._mc_prefix = None
+
+    def _mc_merge(self, output: Any) -> Any:
+        """Add the armed multiple-choice metrics to an evaluation loop's output (see :meth:`evaluate`)."""
+        prefix, self._mc_prefix = self._mc_prefix, None
+        if prefix is not None:
+            from .eval.callback import run_multiple_choice
+
+            output.metrics.update(run_multiple_choice(self.multiple_choice, self.model, self.processing_class, prefix))
         return output
 
 
