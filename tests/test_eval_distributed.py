@@ -1,4 +1,5 @@
-"""Token-level calibration under DDP: 2 CPU processes (gloo) report exactly the single-process metrics.
+"""Token-level and multiple-choice calibration under DDP: 2 CPU processes (gloo) report exactly the
+single-process metrics.
 
 The eval set (13 rows, per-device batch 2, so 4 per step) does not divide evenly: distributed evaluation
 pads the last batch with duplicated rows, which must not be counted.
@@ -52,6 +53,7 @@ def test_single_process_reference(single_process):
     assert report["plain"]["eval_token_count"] == report["n_tokens"]
     _assert_same_metrics(report["calibrated"], report["plain"])
     assert 0.1 < report["plain"]["eval_token_accuracy"] < 0.9  # a non-trivial calibration problem
+    assert {"eval_mc/macro/ece", "eval_mc/micro/nll", "eval_mc/micro/accuracy"} <= set(report["mc"])
 
 
 @pytest.mark.distributed
@@ -72,6 +74,10 @@ def test_ddp_two_processes_match_single_process(tmp_path, single_process):
         assert report["plain"]["eval_token_count"] == report["n_tokens"]  # no duplicated sample counted
         _assert_same_metrics(report["plain"], single_process["plain"])
         _assert_same_metrics(report["calibrated"], single_process["plain"])
+        # Every rank scores every question with its (identical) replica: same values as one process.
+        assert report["mc"].keys() == single_process["mc"].keys()
+        for key, value in single_process["mc"].items():
+            assert report["mc"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
     # Only the main process draws: one diagram per trainer.
     assert len(reports[0]["written"]) == 2 and reports[1]["written"] == []
     assert all(Path(p).is_file() for p in reports[0]["written"])

@@ -13,16 +13,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
 from hf_calib.callbacks import ReliabilityDiagramCallback
+from hf_calib.eval import MultipleChoiceCalibration
 from hf_calib.token_calibration import TokenCalibrationConfig, token_calibration_metrics
 from hf_calib.trainer import CalibratedTrainer
 
-VOCAB, SEQ, N_EXAMPLES = 211, 12, 13
+# The vocabulary covers the tiny BPE tokenizer of tests/test_multiple_choice.py (at most 300 ids),
+# whose questions the CalibratedTrainer also scores at each evaluation.
+VOCAB, SEQ, N_EXAMPLES = 311, 12, 13
+
+
+def multiple_choice() -> MultipleChoiceCalibration:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from test_multiple_choice import _make_tokenizer, _questions
+
+    return MultipleChoiceCalibration(_questions(), tokenizer=_make_tokenizer(), batch_size=4, show_progress=False)
 
 
 def build_model() -> LlamaForCausalLM:
@@ -85,6 +96,10 @@ def _token_metrics(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k.startswith("eval_token_") or k == "eval_loss"}
 
 
+def _mc_metrics(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k.startswith("eval_mc/")}
+
+
 def run(out: str, *, per_device: int, output_dir: str) -> dict:
     model = build_model()
     data = Rows(model)
@@ -101,12 +116,15 @@ def run(out: str, *, per_device: int, output_dir: str) -> dict:
     plain_metrics = plain.evaluate()
 
     widths: list[int] = []
-    model.lm_head.register_forward_hook(lambda _m, _i, o: widths.append(int(o.shape[-1])))
+    # Full-width logits only at one position per row (the multiple-choice letter scores); the token-level
+    # evaluation runs the fused head, whose output is [B, T, 0].
+    model.lm_head.register_forward_hook(lambda _m, _i, o: widths.append(int(o.shape[-1]) if o.shape[-2] > 1 else 0))
     calibrated = CalibratedTrainer(
         model=model,
         args=_args(os.path.join(output_dir, "calibrated"), per_device),
         eval_dataset=data,
         calibration_metrics=TokenCalibrationConfig(n_bins=10),
+        multiple_choice=multiple_choice(),
     )
     widths.clear()  # the one-off probe at init ran the head normally
     calibrated_metrics = calibrated.evaluate()
@@ -116,6 +134,7 @@ def run(out: str, *, per_device: int, output_dir: str) -> dict:
         "n_tokens": data.n_tokens,
         "plain": _token_metrics(plain_metrics),
         "calibrated": _token_metrics(calibrated_metrics),
+        "mc": _mc_metrics(calibrated_metrics),
         "fused": calibrated.fused_loss_active,
         "head_widths": sorted(set(widths)),
         "written": [str(p) for p in plain_callback.written] + [str(p) for cb in diagrams for p in cb.written],
