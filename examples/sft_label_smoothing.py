@@ -3,8 +3,9 @@
 Everything is offline: the model and the conversations come from PyPI packages (docs/assets.md).
 The loss is ``hf_calib``'s fused label-smoothing cross-entropy, switched on by the ordinary
 ``TrainingArguments(label_smoothing_factor=...)`` knob through ``CalibratedTrainer``: the
-``[tokens, vocab]`` logits are never built. Prints the training loss, a held-out loss before and
-after, the time, and the peak memory of the process.
+``[tokens, vocab]`` logits are never built. Prints the training loss, the held-out loss and
+token-level calibration (ECE, NLL, accuracy, mean confidence) before and after, the time, and the
+peak memory of the process.
 
     python examples/sft_label_smoothing.py                     # about 3 minutes on 2 CPU cores
     python examples/sft_label_smoothing.py --turns 512 --label-smoothing 0.0
@@ -117,11 +118,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     path = "fused (no [tokens, vocab] logits)" if trainer.fused_loss_active else "full logits (fallback)"
     print(f"loss path: {path}")
-    before = trainer.evaluate()["eval_loss"]
+    before_metrics = trainer.evaluate()
+    before = before_metrics["eval_loss"]
     t0 = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - t0
-    after = trainer.evaluate()["eval_loss"]
+    after_metrics = trainer.evaluate()
+    after = after_metrics["eval_loss"]
 
     print(f"\nstep  training loss (label smoothing {args.label_smoothing})")
     for entry in trainer.state.log_history:
@@ -131,6 +134,10 @@ def main(argv: list[str] | None = None) -> None:
         f"held-out loss (label smoothing {args.label_smoothing}): {before:.4f} before -> {after:.4f} after "
         f"({len(split['test'])} turns)"
     )
+    for key in ("token_ece", "token_nll", "token_accuracy", "token_mean_confidence"):
+        if f"eval_{key}" in after_metrics:
+            old, new = before_metrics[f"eval_{key}"], after_metrics[f"eval_{key}"]
+            print(f"held-out {key}: {old:.4f} before -> {new:.4f} after")
     if not math.isfinite(after):
         raise SystemExit("the held-out loss is not finite")
     print(f"training time: {train_seconds:.1f}s for {trainer.state.global_step} steps")
