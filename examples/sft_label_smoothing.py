@@ -25,6 +25,7 @@ from transformers import DataCollatorForSeq2Seq, TrainingArguments, set_seed
 
 from hf_calib import CalibratedTrainer
 from hf_calib.assets import load_sharegpt_turns, load_smollm2
+from hf_calib.data import tokenize_chat_completion
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,22 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def tokenize_turn(messages: list[dict[str, str]], tokenizer, max_length: int) -> dict[str, list[int]]:
-    """Chat-formatted ids with the prompt masked (-100): the loss covers only the answer."""
-    prompt = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    full_ids = tokenizer(full, add_special_tokens=False)["input_ids"][:max_length]
-    n_prompt = min(len(prompt_ids), len(full_ids))
-    labels = [-100] * n_prompt + full_ids[n_prompt:]
-    return {"input_ids": full_ids, "attention_mask": [1] * len(full_ids), "labels": labels}
-
-
 def build_dataset(n_turns: int, tokenizer, max_length: int):
     # Long answers are cut at max_length; prompts that leave no answer token are dropped.
     turns = load_sharegpt_turns(limit=n_turns, max_chars=4 * max_length * 4)
     data = turns.map(
-        lambda ex: tokenize_turn(ex["messages"], tokenizer, max_length),
+        lambda ex: tokenize_chat_completion(ex["messages"], tokenizer, max_length),
         remove_columns=turns.column_names,
         desc="tokenizing",
     )

@@ -23,6 +23,7 @@ from transformers import DataCollatorForSeq2Seq, TrainingArguments, set_seed
 
 from hf_calib import CalibratedTrainer
 from hf_calib.assets import load_sharegpt_turns, load_smollm2
+from hf_calib.data import tokenize_chat_completion
 
 METRICS = ("token_ece", "token_rms_ce", "token_mce", "token_nll", "token_brier", "token_accuracy")
 
@@ -48,20 +49,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def tokenize_turn(messages: list[dict[str, str]], tokenizer, max_length: int) -> dict[str, list[int]]:
-    """Chat-formatted ids with the prompt masked (-100): only the answer's tokens are evaluated."""
-    prompt = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    full_ids = tokenizer(full, add_special_tokens=False)["input_ids"][:max_length]
-    n_prompt = min(len(prompt_ids), len(full_ids))
-    return {
-        "input_ids": full_ids,
-        "attention_mask": [1] * len(full_ids),
-        "labels": [-100] * n_prompt + full_ids[n_prompt:],
-    }
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     set_seed(args.seed)
@@ -72,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
 
     turns = load_sharegpt_turns(limit=args.train_turns + args.eval_turns, max_chars=16 * args.max_length)
     data = turns.map(
-        lambda ex: tokenize_turn(ex["messages"], tokenizer, args.max_length), remove_columns=turns.column_names
+        lambda ex: tokenize_chat_completion(ex["messages"], tokenizer, args.max_length),
+        remove_columns=turns.column_names,
     )
     data = data.filter(lambda ex: any(t != -100 for t in ex["labels"]))
     split = data.train_test_split(test_size=args.eval_turns, seed=args.seed)
