@@ -105,11 +105,6 @@ class FusedLossLinear(nn.Linear):
             return super().forward(input)
         weight, bias = self.weight, self.bias
         hidden = input if input.dtype == weight.dtype else input.to(weight.dtype)
-        if not torch.is_grad_enabled():
-            # Under no_grad an autograd.Function still sees needs_input_grad=True: detach so the
-            # fused kernel skips its gradient matmuls during evaluation.
-            hidden, weight = hidden.detach(), weight.detach()
-            bias = None if bias is None else bias.detach()
         labels = request.labels.to(hidden.device)
         loss = fused_linear_label_smoothing_ce(
             hidden,

@@ -99,6 +99,36 @@ def _denominator(labels: torch.Tensor, ignore_index: int, reduction: str, num_it
     return n_items
 
 
+def _run(
+    op,
+    labels: torch.Tensor,
+    vocab: int,
+    device: torch.device,
+    *,
+    ignore_index: int,
+    label_smoothing: float,
+    reduction: str,
+    num_items_in_batch,
+    softcap: float | None,
+    backend: str | None,
+    chunk_bytes: int | None,
+) -> torch.Tensor:
+    """Flatten the labels, resolve backend, denominator and chunk size, run ``op``, reshape "none"."""
+    row_kernel = _row_kernel(resolve_backend(backend, device))
+    flat_labels = labels.reshape(-1).long()
+    out = op(
+        flat_labels,
+        ignore_index=ignore_index,
+        label_smoothing=float(label_smoothing),
+        reduction=reduction,
+        denominator=_denominator(flat_labels, ignore_index, reduction, num_items_in_batch),
+        softcap=None if softcap is None else float(softcap),
+        row_kernel=row_kernel,
+        chunk_rows=chunk_rows_for(flat_labels.numel(), vocab, chunk_bytes),
+    )
+    return out.reshape(labels.shape) if reduction == "none" else out
+
+
 def fused_linear_label_smoothing_ce(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -171,22 +201,12 @@ def fused_linear_label_smoothing_ce(
         labels, vocab, label_smoothing=label_smoothing, ignore_index=ignore_index,
         reduction=reduction, softcap=softcap,
     )  # fmt: skip
-    backend = resolve_backend(backend, hidden.device)
-    flat_labels = labels.reshape(-1).long()
-    out = fused_linear_ce(
-        hidden.reshape(-1, width),
-        weight,
-        bias,
-        flat_labels,
-        ignore_index=ignore_index,
-        label_smoothing=float(label_smoothing),
-        reduction=reduction,
-        denominator=_denominator(flat_labels, ignore_index, reduction, num_items_in_batch),
-        softcap=None if softcap is None else float(softcap),
-        row_kernel=_row_kernel(backend),
-        chunk_rows=chunk_rows_for(flat_labels.numel(), vocab, chunk_bytes),
-    )
-    return out.reshape(labels.shape) if reduction == "none" else out
+    return _run(
+        lambda flat_labels, **kw: fused_linear_ce(hidden.reshape(-1, width), weight, bias, flat_labels, **kw),
+        labels, vocab, hidden.device,
+        ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
+        num_items_in_batch=num_items_in_batch, softcap=softcap, backend=backend, chunk_bytes=chunk_bytes,
+    )  # fmt: skip
 
 
 def label_smoothing_ce(
@@ -220,17 +240,9 @@ def label_smoothing_ce(
         labels, vocab, label_smoothing=label_smoothing, ignore_index=ignore_index,
         reduction=reduction, softcap=softcap,
     )  # fmt: skip
-    backend = resolve_backend(backend, logits.device)
-    flat_labels = labels.reshape(-1).long()
-    out = label_smoothing_ce_from_logits(
-        logits.reshape(-1, vocab),
-        flat_labels,
-        ignore_index=ignore_index,
-        label_smoothing=float(label_smoothing),
-        reduction=reduction,
-        denominator=_denominator(flat_labels, ignore_index, reduction, num_items_in_batch),
-        softcap=None if softcap is None else float(softcap),
-        row_kernel=_row_kernel(backend),
-        chunk_rows=chunk_rows_for(flat_labels.numel(), vocab, chunk_bytes),
-    )
-    return out.reshape(labels.shape) if reduction == "none" else out
+    return _run(
+        lambda flat_labels, **kw: label_smoothing_ce_from_logits(logits.reshape(-1, vocab), flat_labels, **kw),
+        labels, vocab, logits.device,
+        ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
+        num_items_in_batch=num_items_in_batch, softcap=softcap, backend=backend, chunk_bytes=chunk_bytes,
+    )  # fmt: skip

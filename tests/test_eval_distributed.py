@@ -7,37 +7,20 @@ pads the last batch with duplicated rows, which must not be counted.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from _launch import load_script, torchrun
 
 SCRIPT = Path(__file__).parent / "scripts" / "eval_tiny.py"
 KEYS = ("count", "ece", "rms_ce", "mce", "nll", "brier", "accuracy", "mean_confidence")
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("eval_tiny", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def single_process(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("single")
-    return _load_script().run(str(tmp / "report"), per_device=4, output_dir=str(tmp / "out"))
+    return load_script(SCRIPT).run(str(tmp / "report"), per_device=4, output_dir=str(tmp / "out"))
 
 
 def _assert_same_metrics(got: dict, want: dict) -> None:
@@ -59,15 +42,7 @@ def test_single_process_reference(single_process):
 @pytest.mark.distributed
 def test_ddp_two_processes_match_single_process(tmp_path, single_process):
     out = tmp_path / "report"
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-        str(SCRIPT), "--out", str(out), "--output-dir", str(tmp_path / "out"), "--per-device", "2",
-    ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    torchrun(SCRIPT, "--out", str(out), "--output-dir", str(tmp_path / "out"), "--per-device", "2")
     reports = [json.loads(Path(f"{out}.rank{rank}.json").read_text()) for rank in (0, 1)]
     for report in reports:
         assert report["world_size"] == 2 and report["fused"] and report["head_widths"] == [0]
