@@ -144,13 +144,23 @@ def run(out: str, *, per_device: int, output_dir: str) -> dict:
     return report
 
 
+def _shutdown() -> None:
+    """Tear the gloo process group down explicitly; leaving it to interpreter exit can abort the process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True)
     parser.add_argument("--per-device", type=int, default=2)
     parser.add_argument("--output-dir", required=True)
     a = parser.parse_args()
-    run(a.out, per_device=a.per_device, output_dir=a.output_dir)
+    try:
+        run(a.out, per_device=a.per_device, output_dir=a.output_dir)
+    finally:
+        _shutdown()
 
 
 if __name__ == "__main__":

@@ -102,6 +102,13 @@ def run(out: str, *, trainer: str, per_device: int, steps: int, fsdp: bool, outp
     return report
 
 
+def _shutdown() -> None:
+    """Tear the gloo process group down explicitly; leaving it to interpreter exit can abort the process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True)
@@ -111,7 +118,10 @@ def main() -> None:
     parser.add_argument("--fsdp", action="store_true")
     parser.add_argument("--output-dir", required=True)
     a = parser.parse_args()
-    run(a.out, trainer=a.trainer, per_device=a.per_device, steps=a.steps, fsdp=a.fsdp, output_dir=a.output_dir)
+    try:
+        run(a.out, trainer=a.trainer, per_device=a.per_device, steps=a.steps, fsdp=a.fsdp, output_dir=a.output_dir)
+    finally:
+        _shutdown()
 
 
 if __name__ == "__main__":
