@@ -1,0 +1,1 @@
+"""AdUE uncertainty heads for frozen (LoRA) classifiers."""

@@ -1,0 +1,1 @@
+"""Calibrated adapter bundles: save, load and push to the Hugging Face Hub."""
