@@ -1,0 +1,70 @@
+"""Multiple-choice calibration of a causal LM on MMLU subjects, with its reliability diagram."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..eval import MultipleChoiceCalibration
+from ..eval.multiple_choice import MultipleChoiceDetails
+
+#: Subjects of the quick demo: varied, with short questions (cheap prompts on a CPU).
+DEFAULT_SUBJECTS = (
+    "high school geography",
+    "high school psychology",
+    "marketing",
+    "nutrition",
+    "sociology",
+    "us foreign policy",
+    "world religions",
+    "miscellaneous",
+    "management",
+    "human aging",
+    "high school government and politics",
+    "prehistory",
+)
+
+
+@dataclass
+class MCResult:
+    """Pooled metrics (accuracy, ece, mce, brier, nll, mean_confidence), the raw scores and the diagram path."""
+
+    metrics: dict[str, float]
+    details: MultipleChoiceDetails
+    diagram: Path | None
+
+    def summary(self) -> dict[str, float]:
+        return {k.split("/")[-1]: v for k, v in self.metrics.items() if k.startswith("mc/micro/")}
+
+
+def mmlu_benchmark(
+    subjects: list[str] | tuple[str, ...], limit_per_subject: int, *, scoring: str = "cloze", tokenizer: Any = None
+) -> MultipleChoiceCalibration:
+    """The MMLU questions of ``subjects`` (``limit_per_subject`` each) with the given scoring."""
+    return MultipleChoiceCalibration.from_mmlu(
+        list(subjects), limit_per_subject, tokenizer=tokenizer, scoring=scoring, per_task=True, n_bins=10
+    )
+
+
+def measure_mc(
+    benchmark: MultipleChoiceCalibration,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    *,
+    diagram: str | Path | None = None,
+    title: str | None = None,
+) -> MCResult:
+    """Score ``benchmark`` with ``model``; draw the top-label reliability diagram to ``diagram`` (PNG) if given."""
+    metrics, details = benchmark.evaluate(model, tokenizer, return_details=True)
+    path = None
+    if diagram is not None:
+        from ..metrics.plots import save_reliability_diagram
+
+        probs = details.probs
+        confidence, predicted = probs.max(dim=-1)
+        correct = (predicted == details.labels).float()
+        path = save_reliability_diagram(confidence, correct, path=diagram, n_bins=10, title=title)
+    return MCResult(metrics=metrics, details=details, diagram=path)

@@ -1,0 +1,140 @@
+"""The ``hf-calib`` command: argument handling, the recipes' shared helpers, and the bench hand-off."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hf_calib import cli
+from hf_calib.recipes import run
+from hf_calib.recipes.common import format_table, resolve_device, staged_dir
+from hf_calib.recipes.report import Report
+
+
+def _parse(*argv: str):
+    return cli.build_parser().parse_args(list(argv))
+
+
+def test_demo_defaults_to_quick():
+    args = _parse("demo")
+    assert args.full is False and args.model == "smollm2" and args.encoder == "minilm" and args.seed == 0
+    assert _parse("demo", "--full").full is True
+    assert _parse("demo", "--quick").full is False
+
+
+def test_demo_quick_and_full_are_exclusive(capsys):
+    with pytest.raises(SystemExit) as info:
+        _parse("demo", "--quick", "--full")
+    assert info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("sft", "--label-smoothing", "1.0"), "label smoothing must be in [0, 1)"),
+        (("sft", "--label-smoothing", "abc"), "expected a number in [0, 1)"),
+        (("sft", "--turns", "0"), "expected a positive integer; got 0"),
+        (("eval", "--scoring", "logits"), "invalid choice: 'logits'"),
+        (("push", "some/folder"), "the following arguments are required: --repo-id"),
+        (("frobnicate",), "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_bad_arguments_name_the_argument(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        _parse(*argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_no_command_prints_help(capsys):
+    assert cli.main([]) == 2
+    assert "COMMAND" in capsys.readouterr().out
+
+
+def test_every_subcommand_has_a_recipe():
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command")
+    from hf_calib.recipes import _MODULES
+
+    assert set(sub.choices) - {"bench"} == set(_MODULES)
+    with pytest.raises(ValueError, match="unknown command 'nope'"):
+        run("nope", None)
+
+
+def test_bench_forwards_its_arguments(tmp_path, capsys):
+    out_json = tmp_path / "runs.json"
+    argv = ["bench", "--shapes", "64,8,16", "--methods", "fused", "--repeats", "1", "--out", str(out_json)]
+    assert cli.main(argv) == 0
+    assert "V64_H8_N16" in capsys.readouterr().out
+    (run_record,) = json.loads(out_json.read_text())["runs"]
+    assert run_record["method"] == "fused" and (run_record["V"], run_record["H"], run_record["N"]) == (64, 8, 16)
+    assert "error" not in run_record
+
+
+def test_python_dash_m_runs_the_cli():
+    proc = subprocess.run([sys.executable, "-m", "hf_calib", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: hf-calib" in proc.stdout and "thermometer" in proc.stdout
+
+
+def test_user_errors_exit_2_with_the_message(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["eval", "--model", str(tmp_path / "no-model")])
+    assert info.value.code == 2
+    assert "is not an existing folder" in capsys.readouterr().err
+
+
+def test_resolve_device():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(ValueError, match="device must be"):
+        resolve_device("toaster")
+
+
+def test_staged_dir_publishes_only_complete_folders(tmp_path):
+    final = tmp_path / "bundle"
+    with staged_dir(final) as out:
+        (out / "a.json").write_text("{}")
+        assert not final.exists()
+    assert (final / "a.json").read_text() == "{}"
+
+    with pytest.raises(KeyboardInterrupt), staged_dir(final) as out:
+        (out / "b.json").write_text("{}")
+        raise KeyboardInterrupt
+    assert sorted(p.name for p in final.iterdir()) == ["a.json"]  # old content kept
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # no staging folder left
+
+    with staged_dir(final) as out:
+        (out / "c.json").write_text("{}")
+    assert sorted(p.name for p in final.iterdir()) == ["c.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is not a folder"), staged_dir(tmp_path / "file"):
+        pass
+    with pytest.raises(ValueError, match="overwrite=True"), staged_dir(final, overwrite=False):
+        pass
+
+
+def test_format_table():
+    text = format_table([{"a": 0.12345, "b": "x"}, {"a": None, "b": 3}])
+    assert text.splitlines() == ["| a | b |", "|---|---|", "| 0.123 | x |", "| - | 3 |"]
+    assert format_table([]) == ""
+
+
+def test_report_writes_markdown_and_json(tmp_path):
+    report = Report("Demo")
+    report.section("Numbers", "Some prose.")
+    report.table([{"ece": 0.5}])
+    (tmp_path / "plots").mkdir()
+    report.figure(tmp_path / "plots" / "d.png", "a diagram", root=tmp_path)
+    report.results["ece"] = 0.5
+    path = report.write(tmp_path)
+    text = path.read_text()
+    assert text.startswith("# Demo\n") and "## Numbers" in text and "| 0.500 |" in text
+    assert "![a diagram](plots/d.png)" in text
+    assert json.loads((tmp_path / "results.json").read_text()) == {"ece": 0.5}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plots", "report.md", "results.json"]
