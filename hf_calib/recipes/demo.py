@@ -133,7 +133,8 @@ class Demo:
 
     # ------------------------------------------------------------------ steps
     def multiple_choice(self, model: Any, name: str, bench: Any) -> Any:
-        result = measure_mc(bench, model, self.tokenizer, diagram=self.plot(f"mmlu_{name}"), title=f"MMLU, {name}")
+        diagram = self.plot(f"mmlu_{name.replace(' ', '_')}")
+        result = measure_mc(bench, model, self.tokenizer, diagram=diagram, title=f"MMLU, {name}")
         self.report.results.setdefault("mmlu", {})[name] = result.summary()
         return result
 
@@ -151,7 +152,7 @@ class Demo:
         for name, epsilon in (("plain CE", 0.0), ("label smoothing 0.1", 0.1)):
             print(f"[2/5] LoRA fine-tuning with {name} on {plan.sft_turns} ShareGPT turns", flush=True)
             sft[name] = self.finetune(epsilon)
-            mc[name] = self.multiple_choice(sft[name].model, name.replace(" ", "_"), bench)
+            mc[name] = self.multiple_choice(sft[name].model, name, bench)
         self.write_finetuning(mc, sft)
 
         print("[3/5] Thermometer on MMLU subjects of the label-smoothed model", flush=True)
