@@ -1,0 +1,82 @@
+"""What a bundle needs to know about its model: task, PEFT config, AdUE head, Thermometer features, base loading."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._fingerprint import check_fingerprint
+
+AUTO_CLASSES = {"causal_lm": "AutoModelForCausalLM", "sequence_classification": "AutoModelForSequenceClassification"}
+
+
+def is_peft(model: Any) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+def task_of(model: nn.Module) -> str:
+    """``"causal_lm"`` or ``"sequence_classification"`` for a PEFT model; ``ValueError`` otherwise."""
+    name = type(model.get_base_model()).__name__
+    if name.endswith("ForCausalLM"):
+        return "causal_lm"
+    if name.endswith("ForSequenceClassification"):
+        return "sequence_classification"
+    raise ValueError(f"a calibrated adapter needs a *ForCausalLM or *ForSequenceClassification base model; got {name}.")
+
+
+def has_adue_head(model: nn.Module) -> bool:
+    """Whether ``model`` carries an AdUE head (``hf_calib.adue.attach_adue_head``)."""
+    from ..adue import get_adue_head
+
+    try:
+        get_adue_head(model)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def adapter_config(model: nn.Module) -> dict[str, Any]:
+    """The active adapter's PEFT config as JSON-like values (enums as their values, sets sorted)."""
+    from enum import Enum
+
+    config = model.peft_config[model.active_adapter].to_dict()
+    return {
+        key: value.value if isinstance(value, Enum) else sorted(value) if isinstance(value, set) else value
+        for key, value in config.items()
+    }
+
+
+def last_attended(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Rows of ``hidden`` [B, T, d] at each sequence's last position with ``attention_mask`` 1 (else -1)."""
+    if attention_mask is None or attention_mask.shape[-1] != hidden.shape[1]:
+        return hidden[:, -1]
+    positions = torch.arange(hidden.shape[1], device=hidden.device)
+    index = (positions * (attention_mask.to(hidden.device) != 0)).argmax(-1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
+
+
+def load_base_model(
+    path: str | os.PathLike[str],
+    manifest: dict[str, Any],
+    task: str,
+    *,
+    what: str,
+    token: str | bool | None,
+    dtype: torch.dtype | None,
+) -> nn.Module:
+    """Check the config at ``path`` against the fingerprint, then load the weights (safetensors, no remote code)."""
+    import transformers
+
+    fingerprint = manifest.get("base_model") or {}
+    extra: dict[str, Any] = {}
+    if task == "sequence_classification" and fingerprint.get("num_labels"):
+        extra["num_labels"] = fingerprint["num_labels"]
+    config = transformers.AutoConfig.from_pretrained(str(path), token=token, trust_remote_code=False, **extra)
+    auto = getattr(transformers, AUTO_CLASSES[task])
+    check_fingerprint(fingerprint, config, what=what)
+    return auto.from_pretrained(
+        str(path), config=config, token=token, trust_remote_code=False, use_safetensors=True, dtype=dtype
+    )

@@ -1,0 +1,356 @@
+"""``CalibratedAdapter``: a PEFT adapter together with what calibrates it, saved, loaded and pushed as one folder.
+
+Layout (``save_pretrained(folder)``; the adapter files sit at the root as PEFT writes them, so PEFT and the Hub
+still recognise the repository as an adapter)::
+
+    adapter_config.json, adapter_model.safetensors    the PEFT adapter (classifier head in modules_to_save)
+    calibration.json                                  manifest: format, base-model fingerprint, label smoothing,
+                                                      components, report, card settings, required files
+    calibration/temperature.json                      TemperatureScaler (or calibration/thermometer*.{json,safetensors})
+    adue_head.safetensors, adue_config.json           AdUE head (where PEFT's save_pretrained puts it)
+    reliability_diagram.png                           reliability diagram of the calibrated probabilities
+    README.md                                         model card (hf_calib.hub.card)
+
+Calling the bundle runs the adapted model and adds to its output ``calibrated_probs = softmax(logits / T)``
+(shape of ``logits``), ``temperature`` (0-dim) and, with an AdUE head, ``uncertainty`` [B]. ``T`` is the
+temperature scaler's, or Thermometer's ``1 / mean_i beta(h_i)`` over the call's inputs (``h_i``: last hidden
+state at input i's last attended token), or 1.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__
+from .._fingerprint import check_fingerprint, model_fingerprint
+from ._files import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    README_FILE,
+    BundleError,
+    check_bundle_files,
+    check_replaceable,
+    list_files,
+    read_manifest,
+    resolve_folder,
+    staging_folder,
+    swap_in,
+    write_json_file,
+)
+from ._model import AUTO_CLASSES, adapter_config, has_adue_head, is_peft, last_attended, load_base_model, task_of
+from .card import DIAGRAM_FILE, CardInfo, build_model_card
+from .report import CalibrationReport
+
+CALIBRATION_DIR = "calibration"
+
+
+class CalibratedAdapter(nn.Module):
+    """A PEFT model plus its calibration: temperature or Thermometer, AdUE head, label smoothing, report, card.
+
+    Args:
+        model: the adapted model (``peft.PeftModel`` of a ``*ForCausalLM`` or ``*ForSequenceClassification``),
+            with its AdUE head attached if it has one (``hf_calib.adue.attach_adue_head``).
+        temperature: a :class:`hf_calib.scaling.TemperatureScaler` or a float ``T > 0``.
+        thermometer: a :class:`hf_calib.scaling.Thermometer` reading this model's last hidden states
+            (exclusive with ``temperature``).
+        label_smoothing: the epsilon used during fine-tuning (recorded, shown in the card).
+        report: the :class:`CalibrationReport` measured on held-out data (metrics and diagram).
+        card: :class:`CardInfo` for the model card (base model id, datasets, training settings, ...).
+
+    Example::
+
+        bundle = CalibratedAdapter(peft_model, temperature=TemperatureScaler().fit(val_logits, val_labels),
+                                   report=CalibrationReport.from_logits(test_logits, test_labels, temperature=T))
+        bundle.save_pretrained("my-bundle")                  # or bundle.push_to_hub("me/my-bundle")
+        loaded = CalibratedAdapter.from_pretrained("my-bundle", base_model=base)
+        loaded(**inputs).calibrated_probs
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        temperature: Any = None,
+        thermometer: nn.Module | None = None,
+        label_smoothing: float | None = None,
+        report: CalibrationReport | None = None,
+        card: CardInfo | None = None,
+    ) -> None:
+        super().__init__()
+        from ..scaling import TemperatureScaler, Thermometer
+
+        if not is_peft(model):
+            raise TypeError(
+                f"model must be a peft.PeftModel (the adapted model); got {type(model).__name__}. "
+                "Wrap it with peft.get_peft_model or load it with PeftModel.from_pretrained."
+            )
+        self.task = task_of(model)
+        if isinstance(temperature, int | float) and not isinstance(temperature, bool):
+            temperature = TemperatureScaler(float(temperature))
+        if temperature is not None and not isinstance(temperature, TemperatureScaler):
+            raise TypeError(
+                f"temperature must be a TemperatureScaler, a float or None; got {type(temperature).__name__}."
+            )
+        if thermometer is not None and not isinstance(thermometer, Thermometer):
+            raise TypeError(f"thermometer must be a hf_calib.scaling.Thermometer; got {type(thermometer).__name__}.")
+        if temperature is not None and thermometer is not None:
+            raise ValueError("pass either temperature or thermometer, not both: each sets the temperature.")
+        if label_smoothing is not None and not (
+            isinstance(label_smoothing, int | float)
+            and not isinstance(label_smoothing, bool)
+            and 0 <= label_smoothing < 1
+        ):
+            raise ValueError(f"label_smoothing must be a number in [0, 1) or None; got {label_smoothing!r}.")
+        if report is not None and not isinstance(report, CalibrationReport):
+            raise TypeError(f"report must be a CalibrationReport; got {type(report).__name__}.")
+        if card is not None and not isinstance(card, CardInfo):
+            raise TypeError(f"card must be a CardInfo; got {type(card).__name__}.")
+        self.model = model
+        self.temperature_scaler = temperature
+        self.thermometer = thermometer
+        self.label_smoothing = None if label_smoothing is None else float(label_smoothing)
+        self.report = report
+        self.card = card or CardInfo()
+
+    # ------------------------------------------------------------------ inference
+    @property
+    def has_uncertainty(self) -> bool:
+        """Whether outputs carry ``uncertainty`` (an AdUE head is attached)."""
+        return has_adue_head(self.model)
+
+    def forward(self, *args: Any, temperature: float | None = None, **kwargs: Any) -> Any:
+        """The model's output plus ``calibrated_probs`` (float32, shape of ``logits``) and ``temperature``.
+
+        ``temperature`` overrides the bundle's (e.g. a Thermometer temperature computed once for a whole task).
+        """
+        need_features = temperature is None and self.thermometer is not None
+        wanted_hidden = kwargs.get("output_hidden_states")
+        if need_features:
+            kwargs["output_hidden_states"] = True
+        outputs = self.model(*args, **kwargs)
+        logits = outputs["logits"]
+        if temperature is None:
+            if self.thermometer is not None:
+                features = last_attended(outputs["hidden_states"][-1], kwargs.get("attention_mask"))
+                temperature = self.thermometer.predict_temperature(features.float())
+                if not wanted_hidden:
+                    outputs["hidden_states"] = None
+            elif self.temperature_scaler is not None:
+                temperature = self.temperature_scaler.temperature
+            else:
+                temperature = 1.0
+        if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 < temperature < math.inf:
+            raise ValueError(f"temperature must be a finite number > 0; got {temperature!r}.")
+        outputs["temperature"] = torch.tensor(float(temperature))
+        outputs["calibrated_probs"] = torch.softmax(logits.float() / float(temperature), dim=-1)
+        return outputs
+
+    # ------------------------------------------------------------------ saving
+    def manifest(self, files: list[str]) -> dict[str, Any]:
+        """The ``calibration.json`` content for a bundle holding ``files``."""
+        components: dict[str, Any] = {"temperature": None, "thermometer": None, "adue": None}
+        if self.temperature_scaler is not None:
+            components["temperature"] = {
+                "file": f"{CALIBRATION_DIR}/temperature.json",
+                "value": self.temperature_scaler.temperature,
+            }
+        if self.thermometer is not None:
+            components["thermometer"] = {"folder": CALIBRATION_DIR}
+        if self.has_uncertainty:
+            components["adue"] = {"folder": "."}
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "hf_calib_version": __version__,
+            "task": self.task,
+            "base_model": model_fingerprint(self.model),
+            "label_smoothing": self.label_smoothing,
+            "components": components,
+            "report": None if self.report is None else self.report.to_dict(),
+            "reliability_diagram": DIAGRAM_FILE if DIAGRAM_FILE in files else None,
+            "card": self.card.to_dict(),
+            "files": files,
+        }
+
+    def _card_info(self) -> CardInfo:
+        info = CardInfo.from_dict(self.card.to_dict())
+        if info.base_model is None:
+            info.base_model = model_fingerprint(self.model).get("name_or_path")
+        return info
+
+    def model_card(self, repo_id: str | None = None, *, diagram: bool | None = None) -> Any:
+        """The bundle's ``huggingface_hub.ModelCard`` (see :mod:`hf_calib.hub.card`)."""
+        if diagram is None:
+            diagram = self.report is not None and self.report.state is not None and self.report.state.n_samples > 0
+        return build_model_card(
+            info=self._card_info(),
+            task=self.task,
+            repo_id=repo_id,
+            adapter=adapter_config(self.model),
+            label_smoothing=self.label_smoothing,
+            temperature=None if self.temperature_scaler is None else self.temperature_scaler.temperature,
+            thermometer=self.thermometer is not None,
+            adue=self.has_uncertainty,
+            report=self.report,
+            diagram=diagram,
+        )
+
+    def write_files(
+        self, folder: str | os.PathLike[str], *, adapter: bool = True, repo_id: str | None = None
+    ) -> list[str]:
+        """Write the bundle into the empty folder ``folder``; returns the files written (relative paths).
+
+        With ``adapter=False`` the PEFT files are not written (a Trainer writes them itself) but are still listed
+        in the manifest as required. Prefer :meth:`save_pretrained`, which writes atomically.
+        """
+        folder = Path(folder)
+        if adapter:
+            # PEFT writes adapter_config.json, adapter_model.safetensors and its own README (replaced below);
+            # a PEFT model with an AdUE head also writes the head (attach_adue_head extends save_pretrained).
+            self.model.save_pretrained(str(folder), safe_serialization=True)
+        if self.has_uncertainty and not (folder / "adue_head.safetensors").is_file():
+            from ..adue import save_adue_head
+
+            save_adue_head(self.model, folder)
+        if self.temperature_scaler is not None:
+            self.temperature_scaler.save_pretrained(folder / CALIBRATION_DIR, model=self.model)
+        if self.thermometer is not None:
+            self.thermometer.save_pretrained(folder / CALIBRATION_DIR, model=self.model)
+        if self.report is not None and self.report.state is not None and self.report.state.n_samples > 0:
+            self.report.save_diagram(folder / DIAGRAM_FILE)
+        (folder / README_FILE).unlink(missing_ok=True)
+        files = set(list_files(folder)) | {ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE}
+        files = sorted(name for name in files if not Path(name).name.startswith("."))
+        write_json_file(folder / MANIFEST_FILE, self.manifest(files))
+        self.model_card(repo_id, diagram=DIAGRAM_FILE in files).save(folder / README_FILE)
+        return [*files, MANIFEST_FILE, README_FILE]
+
+    def save_pretrained(self, directory: str | os.PathLike[str], *, repo_id: str | None = None) -> Path:
+        """Write the bundle to ``directory`` atomically and return its path.
+
+        Everything is written into a temporary sibling folder that is renamed to ``directory`` at the end, so an
+        interrupted save leaves no half-written bundle; an earlier bundle at ``directory`` is replaced as a whole.
+        ``directory`` must be missing, empty, or an earlier bundle. ``repo_id`` only fills the card's example.
+        """
+        target = Path(directory).expanduser()
+        check_replaceable(target)
+        staged = staging_folder(target)
+        try:
+            self.write_files(staged, repo_id=repo_id)
+            swap_in(staged, target)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        return target
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        token: str | bool | None = None,
+        private: bool | None = None,
+        revision: str | None = None,
+        commit_message: str = "Upload calibrated adapter (hf_calib)",
+        create_pr: bool = False,
+        endpoint: str | None = None,
+    ) -> Any:
+        """Save the bundle to a temporary folder and upload every file of it (see :func:`hf_calib.hub.push_folder`).
+
+        Returns huggingface_hub's ``CommitInfo``. The token is passed to huggingface_hub and never logged.
+        """
+        from .push import push_folder
+
+        with tempfile.TemporaryDirectory(prefix="hf_calib_bundle_") as tmp:
+            folder = self.save_pretrained(Path(tmp) / "bundle", repo_id=repo_id)
+            return push_folder(
+                folder,
+                repo_id,
+                token=token,
+                private=private,
+                revision=revision,
+                commit_message=commit_message,
+                create_pr=create_pr,
+                endpoint=endpoint,
+            )
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_repo_id: str | os.PathLike[str],
+        *,
+        base_model: nn.Module | str | os.PathLike[str],
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        endpoint: str | None = None,
+        dtype: torch.dtype | None = None,
+        is_trainable: bool = False,
+    ) -> CalibratedAdapter:
+        """Load a bundle onto ``base_model`` (a loaded transformers model, or its local path / Hub id).
+
+        Order, so that nothing is loaded from a bundle that does not fit: the manifest is read, every file it
+        lists is checked to exist and to parse (JSON; safetensors headers), the base model's config is compared
+        with the saved fingerprint (architecture, model type, hidden size, vocabulary, label count), and only
+        then are weights read: the base model's (when given as a path or id: safetensors only, no remote code),
+        the adapter's, the calibrators'. A Hub download (``revision``, ``token``, ``cache_dir``, ``endpoint`` as in
+        ``huggingface_hub.snapshot_download``) fetches ``*.json``, ``*.safetensors``, ``*.png`` and the README only.
+
+        Raises:
+            BundleError (a ``ValueError``): missing or corrupted file (named), not a bundle, newer format.
+            ValueError: the base model does not match the bundle's fingerprint.
+        """
+        from peft import PeftModel
+
+        from ..scaling import TemperatureScaler, Thermometer
+
+        folder = resolve_folder(path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir, endpoint=endpoint)
+        manifest = read_manifest(folder)
+        check_bundle_files(folder, manifest["files"])
+        task = manifest.get("task")
+        if task not in AUTO_CLASSES:
+            raise BundleError(
+                f"{folder / MANIFEST_FILE} has an unknown task {task!r}; expected one of {list(AUTO_CLASSES)}."
+            )
+        what = f"The calibrated adapter in {folder}"
+        if isinstance(base_model, str | os.PathLike):
+            base_model = load_base_model(base_model, manifest, task, what=what, token=token, dtype=dtype)
+        elif is_peft(base_model):
+            raise TypeError("base_model must be the model without adapter; got a PEFT model (use .get_base_model()).")
+        elif not isinstance(base_model, nn.Module) or not hasattr(base_model, "config"):
+            raise TypeError(
+                f"base_model must be a transformers model or its path / Hub id; got {type(base_model).__name__}."
+            )
+        else:
+            check_fingerprint(manifest.get("base_model"), base_model, what=what)
+        model = PeftModel.from_pretrained(base_model, str(folder), is_trainable=is_trainable)
+        components = manifest.get("components") or {}
+        temperature = thermometer = None
+        if components.get("temperature"):
+            temperature = TemperatureScaler.from_pretrained(folder / CALIBRATION_DIR, model=model)
+        if components.get("thermometer"):
+            thermometer = Thermometer.from_pretrained(folder / CALIBRATION_DIR, model=model)
+        if components.get("adue"):
+            from ..adue import load_adue_head
+
+            load_adue_head(model, folder)
+        report = manifest.get("report")
+        return cls(
+            model,
+            temperature=temperature,
+            thermometer=thermometer,
+            label_smoothing=manifest.get("label_smoothing"),
+            report=None if report is None else CalibrationReport.from_dict(report),
+            card=CardInfo.from_dict(manifest.get("card") or {}),
+        ).eval()

@@ -1,0 +1,286 @@
+"""The model card of a calibrated adapter bundle, built with huggingface_hub's ``ModelCard`` / ``ModelCardData``.
+
+The YAML metadata carries the base model, the training datasets, ``library_name: peft`` (so the Hub and PEFT
+tooling still treat the repository as an adapter) and the calibration metrics as model-index ``eval_results``
+(huggingface_hub's ``EvalResult``). The text explains what is in the bundle, how to load it, the metrics before
+and after calibration, and embeds ``reliability_diagram.png``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .report import HEADLINE_METRICS, CalibrationReport
+
+DIAGRAM_FILE = "reliability_diagram.png"
+
+_PIPELINES = {"causal_lm": "text-generation", "sequence_classification": "text-classification"}
+_PEFT_NAMES = {"LORA": "LoRA", "ADALORA": "AdaLoRA", "IA3": "(IA)³", "LOHA": "LoHa", "LOKR": "LoKr", "DORA": "DoRA"}
+# A Hub repository id (``name`` or ``owner/name``), which the card may link to; local paths are not linked.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+@dataclass
+class CardInfo:
+    """What the model card says beyond what the bundle knows by itself.
+
+    Attributes:
+        base_model: Hub id of the base model (default: the base model's ``config._name_or_path``).
+        datasets: Hub ids (or names) of the training datasets.
+        training: training settings shown in a table (learning rate, epochs, LoRA rank, ...).
+        model_name: the title of the card and the model-index name (default: the repository or folder name).
+        license, language: card metadata (Hub identifiers, e.g. ``"apache-2.0"``, ``"en"``).
+        tags: extra tags; ``hf-calib``, ``calibration`` and the PEFT tags are always added.
+        description: a paragraph shown under the title.
+    """
+
+    base_model: str | None = None
+    datasets: list[str] = field(default_factory=list)
+    training: dict[str, Any] = field(default_factory=dict)
+    model_name: str | None = None
+    license: str | None = None
+    language: str | list[str] | None = None
+    tags: list[str] = field(default_factory=list)
+    description: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.datasets, str):
+            self.datasets = [self.datasets]
+        if isinstance(self.tags, str):
+            self.tags = [self.tags]
+        if not isinstance(self.training, dict):
+            raise TypeError(f"training must be a dict of setting name to value; got {type(self.training).__name__}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "base_model": self.base_model,
+            "datasets": list(self.datasets),
+            "training": dict(self.training),
+            "model_name": self.model_name,
+            "license": self.license,
+            "language": self.language,
+            "tags": list(self.tags),
+            "description": self.description,
+        }
+
+    @classmethod
+    def from_dict(cls, content: dict[str, Any]) -> CardInfo:
+        known = {"base_model", "datasets", "training", "model_name", "license", "language", "tags", "description"}
+        return cls(**{key: value for key, value in (content or {}).items() if key in known})
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list | tuple | set):
+        return ", ".join(str(v) for v in sorted(value, key=str))
+    return str(value)
+
+
+def _eval_results(report: CalibrationReport, task: str) -> list[EvalResult]:
+    split = report.split
+    suffix = f"{report.level}-level, after calibration" if report.temperature is not None else f"{report.level}-level"
+    names = {
+        "ece": f"ECE ({report.n_bins} equal-width bins, {suffix})",
+        "brier": f"Brier score ({suffix})",
+        "nll": f"NLL ({suffix})",
+        "misclassification_auroc": "Misclassification AUROC ("
+        + ("AdUE" if report.uncertainty == "adue" else "max prob")
+        + ")",
+        "accuracy": f"Accuracy ({report.level}-level)",
+    }
+    return [
+        EvalResult(
+            task_type=_PIPELINES.get(task, "text-generation"),
+            dataset_type=report.dataset or "custom",
+            dataset_name=report.dataset or "held-out calibration set",
+            dataset_split=split,
+            metric_type=key,
+            metric_value=round(value, 6),
+            metric_name=names[key],
+        )
+        for key, value in report.headline().items()
+    ]
+
+
+def _metrics_table(report: CalibrationReport) -> list[str]:
+    columns = (
+        ["Metric", "Before calibration (T = 1)", "After calibration"] if report.uncalibrated else ["Metric", "Value"]
+    )
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for key, label in HEADLINE_METRICS.items():
+        if key not in report.metrics:
+            continue
+        row = [label]
+        if report.uncalibrated:
+            row.append(_fmt(report.uncalibrated[key]) if key in report.uncalibrated else "—")
+        row.append(_fmt(report.metrics[key]))
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def build_model_card(
+    *,
+    info: CardInfo,
+    task: str,
+    repo_id: str | None,
+    adapter: dict[str, Any],
+    label_smoothing: float | None,
+    temperature: float | None,
+    thermometer: bool,
+    adue: bool,
+    report: CalibrationReport | None,
+    diagram: bool,
+) -> ModelCard:
+    """Build the card of a bundle (see the module docstring); ``adapter`` is the PEFT ``adapter_config.json``."""
+    model_name = info.model_name or (repo_id.split("/")[-1] if repo_id else "calibrated-adapter")
+    peft_type = str(adapter.get("peft_type", "LORA")).lower()
+    tags = ["hf-calib", "calibration", "peft", peft_type] + [t for t in info.tags if t]
+    if info.base_model:
+        tags.append(f"base_model:adapter:{info.base_model}")
+    data = ModelCardData(
+        base_model=info.base_model,
+        datasets=list(info.datasets) or None,
+        language=info.language,
+        license=info.license,
+        library_name="peft",
+        pipeline_tag=_PIPELINES.get(task),
+        tags=list(dict.fromkeys(tags)),
+        model_name=model_name,
+        eval_results=_eval_results(report, task) if report and report.headline() else None,
+        metrics=[key for key in HEADLINE_METRICS if report and key in report.metrics] or None,
+    )
+    load_id = repo_id or "path/to/this/folder"
+    base_id = info.base_model or "<base model id>"
+    base_ref = f"[`{base_id}`](https://huggingface.co/{base_id})" if _HUB_ID.fullmatch(base_id) else f"`{base_id}`"
+    auto = "AutoModelForCausalLM" if task == "causal_lm" else "AutoModelForSequenceClassification"
+    method = _PEFT_NAMES.get(str(adapter.get("peft_type")), str(adapter.get("peft_type", "PEFT")))
+    lines = [f"# {model_name}", ""]
+    if info.description:
+        lines += [info.description, ""]
+    lines += [
+        f"A {method} adapter for {base_ref}, packaged by hf_calib with what calibrates it: the model's outputs "
+        "carry calibrated "
+        + ("next-token probabilities" if task == "causal_lm" else "class probabilities")
+        + (" and a per-example uncertainty" if adue else "")
+        + ".",
+        "",
+        "## What is in this repository",
+        "",
+        "| File | Content |",
+        "|---|---|",
+        "| `adapter_config.json`, `adapter_model.safetensors` | the PEFT adapter (loads with PEFT alone) |",
+        "| `calibration.json` | manifest: base-model fingerprint, label smoothing, components, metrics |",
+    ]
+    if temperature is not None:
+        lines.append(f"| `calibration/temperature.json` | temperature scaling, T = {temperature:.4g} |")
+    if thermometer:
+        lines.append(
+            "| `calibration/thermometer*` | Thermometer: predicts a temperature from the inputs' last hidden states |"
+        )
+    if adue:
+        lines.append("| `adue_head.safetensors`, `adue_config.json` | AdUE uncertainty head |")
+    if diagram:
+        lines.append(f"| `{DIAGRAM_FILE}` | reliability diagram of the calibrated probabilities |")
+    lines += [
+        "",
+        "## How to use",
+        "",
+        "With `pip install hf-calib`:",
+        "",
+        "```python",
+        f"from transformers import AutoTokenizer, {auto}",
+        "from hf_calib.hub import CalibratedAdapter",
+        "",
+        f'tokenizer = AutoTokenizer.from_pretrained("{base_id}")',
+        f'base = {auto}.from_pretrained("{base_id}")',
+        f'model = CalibratedAdapter.from_pretrained("{load_id}", base_model=base)',
+        'inputs = tokenizer(["An example input."], return_tensors="pt")',
+        "outputs = model(**inputs)",
+        "outputs.calibrated_probs  # softmax(logits / T)"
+        + ("\noutputs.uncertainty  # [batch], in (0, 1)" if adue else ""),
+        "```",
+        "",
+        "Loading checks the base model against the fingerprint in `calibration.json` (architecture, hidden size, "
+        "vocabulary) before any weight is read, and reads only JSON and safetensors files. The adapter alone also "
+        "loads with `peft.PeftModel.from_pretrained(base, ...)`, without the calibration.",
+        "",
+        "## Calibration",
+        "",
+    ]
+    if temperature is not None:
+        lines.append(
+            f"- **Temperature scaling**: probabilities are `softmax(logits / T)` with T = {temperature:.4g}, "
+            "fitted by minimising the NLL on held-out labelled data; predictions (the argmax) are unchanged."
+        )
+    if thermometer:
+        lines.append(
+            "- **Thermometer**: a small network maps the last hidden state at each input's last token to an inverse "
+            "temperature; one temperature per call, `1 / mean(beta)`, rescales the logits. Predictions are unchanged."
+        )
+    if adue:
+        lines.append(
+            "- **AdUE head**: a copy of the classification head fine-tuned to score misclassification risk; "
+            "`uncertainty = (1 - SmoothMax(p)) / (1 - 1/C)`. It never changes the predictions."
+        )
+    if label_smoothing:
+        lines.append(f"- **Label smoothing during fine-tuning**: epsilon = {label_smoothing:g}.")
+    elif label_smoothing is not None:
+        lines.append("- **Label smoothing during fine-tuning**: none (epsilon = 0).")
+    if temperature is None and not thermometer:
+        lines.append("- No post-hoc scaling: probabilities are the model's own softmax.")
+    lines.append("")
+    if report is not None:
+        where = report.dataset or "a held-out set"
+        if report.split:
+            where += f" ({report.split} split)"
+        n = report.metrics.get("n_samples")
+        lines += [
+            f"Measured on {where}" + (f", {int(n)} {report.level}-level predictions" if n else "") + ": top-1 "
+            f"confidence against correctness, ECE with {report.n_bins} equal-width bins, multiclass Brier score, "
+            "NLL of the true class, and the AUROC of "
+            + ("the AdUE uncertainty" if report.uncertainty == "adue" else "`1 - max probability`")
+            + " for detecting wrong predictions (higher is better; the others: lower is better).",
+            "",
+            *_metrics_table(report),
+            "",
+        ]
+        if report.temperature is None and (temperature is not None or thermometer):
+            lines += ["These metrics were measured without post-hoc scaling (T = 1).", ""]
+    if diagram:
+        lines += [
+            "![Reliability diagram: accuracy against confidence per bin](" + DIAGRAM_FILE + ")",
+            "",
+            "Bars: accuracy per confidence bin; red: the gap to the diagonal of perfect calibration; "
+            "bottom: samples per bin.",
+            "",
+        ]
+    settings = {
+        "PEFT method": method,
+        "LoRA rank (r)": adapter.get("r"),
+        "LoRA alpha": adapter.get("lora_alpha"),
+        "Target modules": adapter.get("target_modules"),
+        "Label smoothing": label_smoothing,
+        **info.training,
+    }
+    settings = {key: value for key, value in settings.items() if value is not None}
+    if settings or info.datasets:
+        lines += ["## Training", ""]
+        if info.datasets:
+            lines += ["Datasets: " + ", ".join(f"`{name}`" for name in info.datasets), ""]
+        if settings:
+            lines += ["| Setting | Value |", "|---|---|"]
+            lines += [f"| {key} | {_fmt(value)} |" for key, value in settings.items()]
+            lines.append("")
+    lines += [
+        "## Limitations",
+        "",
+        "Calibration is measured on, and holds for, data like the calibration set; under distribution shift the "
+        "probabilities may again be over- or under-confident. Re-measure on your own data.",
+        "",
+    ]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
