@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..hub._files import staging_folder, swap_in
 
 #: Names that select the offline models of hf_calib.assets instead of a Hub id or a local path.
 SMOLLM2_ALIASES = ("smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct")
@@ -82,20 +83,13 @@ def staged_dir(final: str | os.PathLike[str], *, overwrite: bool = True) -> Iter
         raise ValueError(f"{str(final)!r} exists and is not a folder; choose another output path.")
     if final.exists() and not overwrite:
         raise ValueError(f"{str(final)!r} exists; pass overwrite=True or choose another output path.")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    staging = staging_folder(final)
     try:
         yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    backup = final.with_name(f".{final.name}.old") if final.exists() else None
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
-        final.rename(backup)
-    staging.rename(final)
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
+    swap_in(staging, final)
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None, *, floatfmt: str = ".3f") -> str:
