@@ -27,13 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, get_peft_model
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from hf_calib.adue import AdUEConfig, attach_adue_head, evaluate_uncertainty, extract_adue_features, fit_adue_head
 from hf_calib.assets import load_movie_reviews, load_smollm2, minilm_path
+from hf_calib.recipes.adue import EncoderSettings, review_splits, run_encoder, text_loader
 
 SCORES = ("adue", "softmax_response", "entropy", "mahalanobis")
 PROMPT = "Is the sentiment of this movie review positive or negative? Answer with one word.\n\nReview: {text}"
@@ -61,99 +59,29 @@ def parse_args() -> argparse.Namespace:
 
 
 def make_splits(args: argparse.Namespace) -> dict[str, Any]:
-    data = load_movie_reviews("rotten_tomatoes").shuffle(seed=args.split_seed)
-    sizes = (args.train_size, args.val_size, args.test_size)
-    if sum(sizes) > len(data):
-        raise ValueError(f"train + val + test sizes {sizes} exceed the {len(data)} snippets.")
-    bounds = [0, sizes[0], sizes[0] + sizes[1], sum(sizes)]
-    return {name: data.select(range(bounds[i], bounds[i + 1])) for i, name in enumerate(("train", "val", "test"))}
-
-
-def loader(
-    split: Any, tokenizer: Any, max_length: int, batch_size: int, generator: torch.Generator | None = None
-) -> DataLoader:
-    """Batches of similar-length texts (padding is most of the cost on CPU); shuffled batches with ``generator``.
-
-    Without a generator the order is by length, which is harmless: features, logits and labels stay aligned.
-    """
-
-    def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = tokenizer(
-            [r["text"] for r in rows], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
-        )
-        batch["labels"] = torch.tensor([r["label"] for r in rows])
-        return dict(batch)
-
-    lengths = [len(t) for t in split["text"]]
-    if generator is None:
-        order = sorted(range(len(lengths)), key=lengths.__getitem__)
-        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    else:  # sort within shuffled windows of 16 batches, then shuffle the batches
-        order = torch.randperm(len(lengths), generator=generator).tolist()
-        window = 16 * batch_size
-        order = [
-            i for s in range(0, len(order), window) for i in sorted(order[s : s + window], key=lengths.__getitem__)
-        ]
-        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-    return DataLoader(split, batch_sampler=batches, collate_fn=collate)
-
-
-def lora_finetune(args: argparse.Namespace, seed: int, splits: dict[str, Any], tokenizer: Any) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2, local_files_only=True)
-    config = LoraConfig(
-        r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["query", "key", "value"], modules_to_save=["classifier"]
-    )
-    model = get_peft_model(model, config)
-    generator = torch.Generator().manual_seed(seed)
-    data = loader(splits["train"], tokenizer, args.max_length, args.lora_batch_size, generator)
-    steps = max(1, int(len(data) * args.lora_epochs))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lora_lr)
-    schedule = get_linear_schedule_with_warmup(optimizer, int(0.1 * steps), steps)
-    model.train()
-    bar = tqdm(total=steps, desc=f"LoRA seed {seed}")
-    step = 0
-    while step < steps:
-        for batch in data:
-            loss = model(**batch).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            step += 1
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            if step == steps:
-                break
-    bar.close()
-    return model.eval()
+    return review_splits("rotten_tomatoes", (args.train_size, args.val_size, args.test_size), seed=args.split_seed)
 
 
 def run_encoder_seed(args: argparse.Namespace, seed: int, splits: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
-    start = time.perf_counter()
-    model = lora_finetune(args, seed, splits, tokenizer)
-    lora_seconds = time.perf_counter() - start
-    attach_adue_head(model)
-    feats = {
-        name: extract_adue_features(
-            model, loader(split, tokenizer, args.max_length, args.eval_batch_size), desc=f"features {name}"
-        )
-        for name, split in splits.items()
-    }
-    start = time.perf_counter()
-    fit = fit_adue_head(
-        model, feats["train"], feats["val"], feats["test"], AdUEConfig(seed=seed, max_epochs=args.max_epochs)
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2, local_files_only=True)
+    settings = EncoderSettings(
+        max_length=args.max_length,
+        epochs=args.lora_epochs,
+        learning_rate=args.lora_lr,
+        batch_size=args.lora_batch_size,
+        eval_batch_size=args.eval_batch_size,
+        seed=seed,
     )
-    fit_seconds = time.perf_counter() - start
-    result = evaluate_uncertainty(fit.head, feats["train"], feats["test"])
+    outcome = run_encoder(model, tokenizer, splits, settings, AdUEConfig(seed=seed, max_epochs=args.max_epochs))
+    result = {k: v for k, v in outcome.evaluation.items() if k != "test_uncertainty"}
     result.update(
         seed=seed,
-        train_errors=int(feats["train"].errors.sum()),
-        val_errors=int(feats["val"].errors.sum()),
-        lora_seconds=round(lora_seconds, 1),
-        adue_fit_seconds=round(fit_seconds, 1),
-        adue=fit.to_dict(),
+        train_errors=int(outcome.features["train"].errors.sum()),
+        val_errors=int(outcome.features["val"].errors.sum()),
+        lora_seconds=round(outcome.seconds["lora"], 1),
+        adue_fit_seconds=round(outcome.seconds["adue_fit"], 1),
+        adue=outcome.fit.to_dict(),
     )
     aurocs = ", ".join(f"{k} {v:.4f}" for k, v in result["auroc"].items())
     print(f"seed {seed}: accuracy {result['accuracy']:.4f}; test AUROC {aurocs}", flush=True)
@@ -182,7 +110,7 @@ def run_decoder(args: argparse.Namespace) -> dict[str, Any]:
     splits = {name: data.select(range(cut[i], cut[i + 1])) for i, name in enumerate(("train", "val", "test"))}
     attach_adue_head(model, verbaliser_token_ids=[i[0] for i in ids])
     feats = {
-        name: extract_adue_features(model, loader(split, tokenizer, 512, 8), desc=f"SmolLM2 features {name}")
+        name: extract_adue_features(model, text_loader(split, tokenizer, 512, 8), desc=f"SmolLM2 features {name}")
         for name, split in splits.items()
     }
     start = time.perf_counter()

@@ -98,11 +98,14 @@ def text_loader(
 
 
 def lora_classifier(model: torch.nn.Module, train: Any, tokenizer: Any, settings: EncoderSettings) -> torch.nn.Module:
-    """Wrap a ``*ForSequenceClassification`` model with LoRA (classifier trained too) and fine-tune it on ``train``."""
+    """Wrap a ``*ForSequenceClassification`` model with LoRA (classifier trained too) and fine-tune it on ``train``.
+
+    The LoRA weights come from torch's global random state (seed it before creating the classifier, whose
+    new head is random too); the batch order comes from ``settings.seed``.
+    """
     from peft import LoraConfig, get_peft_model
     from transformers import get_linear_schedule_with_warmup
 
-    torch.manual_seed(settings.seed)
     config = LoraConfig(
         r=8,
         lora_alpha=16,
@@ -186,6 +189,7 @@ def cli(args: argparse.Namespace) -> int:
 
     folder = encoder_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    torch.manual_seed(args.seed)
     model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
     val_size = max(2, args.train_size // 4)
     splits = review_splits(args.source, (args.train_size, val_size, args.test_size), seed=1234 + args.seed)
