@@ -1,0 +1,213 @@
+"""Thermometer (Shen et al., ICML 2024): a small network that predicts a task's temperature from unlabelled inputs.
+
+Network (the official code's architecture): ``num_branches`` (3) parallel branches
+``b_k(x) = W2_k relu(W1_k x + c1_k) + c2_k`` with ``W1_k`` [h, d] and ``W2_k`` [1, h]; their outputs are
+concatenated and mixed by ``Linear(3, 1)``; ``softplus`` of the result is an *inverse* temperature
+``beta_i = softplus(f(x_i)) > 0`` per example ``x_i`` (the LLM's last-layer hidden state at the prompt's
+last token, :func:`hf_calib.scaling.extract_features`).
+
+A task's temperature is ``T = 1 / mean_i beta_i`` over its inputs, no labels needed; the task's
+calibrated probabilities are ``softmax(z_i / T)`` (accuracy unchanged).
+
+Training loss on a batch of one task (:func:`thermometer_loss`)::
+
+    beta = mean_i softplus(f(x_i));  T = 1 / beta
+    loss = CE(z * beta, y) + lambda * (-log Gamma(T; shape k, scale theta))
+
+with ``-log Gamma(T; k, theta) = -(k - 1) log T + T / theta + k log theta + lgamma(k)``; the defaults
+``k = 1.25, theta = 4`` put the prior's mode ``(k - 1) theta`` at ``T = 1``. Training itself lives in
+:mod:`hf_calib.scaling.training`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .._fingerprint import check_fingerprint, model_fingerprint
+from ._checks import check_features, scale_logits
+from ._io import read_json, write_atomic, write_json
+
+WEIGHTS_FILE = "thermometer.safetensors"
+CONFIG_FILE = "thermometer_config.json"
+_FORMAT = "hf_calib.thermometer"
+# Keeps T = 1 / beta finite when every softplus output underflows to 0 (T is then at most 1e12).
+_MIN_INVERSE_TEMPERATURE = 1e-12
+
+
+@dataclass
+class ThermometerConfig:
+    """Every knob of Thermometer; the defaults are the paper's (official code) values.
+
+    Attributes:
+        input_size: d, the LLM's hidden size (576 for SmolLM2-135M, 4096 for LLaMA-2-7B).
+        hidden_size: h, width of each branch (512 for LLaMA-2-7B in the paper, 256 for FLAN-T5).
+        num_branches: parallel branches mixed by ``Linear(num_branches, 1)`` (3 in the paper).
+        lambda_reg: weight of the Gamma prior term.
+        gamma_shape, gamma_scale: the Gamma prior's shape k and scale theta on the batch temperature.
+        learning_rate, weight_decay: AdamW settings.
+        steps: gradient steps; each uses one batch of one randomly chosen training task.
+        batch_size: examples per step (the whole train split when a task has fewer).
+        eval_every: steps between validations; the checkpoint with the lowest mean validation NLL over
+            the training tasks is kept (the last step is also validated, so short runs keep one).
+        val_fraction: share of each training task held out for that validation when no explicit
+            validation tasks are given (convention: the paper uses separate validation splits).
+        seed: seeds the network's initialisation, the train/validation split, task and batch sampling.
+    """
+
+    input_size: int
+    hidden_size: int = 512
+    num_branches: int = 3
+    lambda_reg: float = 1e-2
+    gamma_shape: float = 1.25
+    gamma_scale: float = 4.0
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    steps: int = 5000
+    batch_size: int = 128
+    eval_every: int = 50
+    val_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("input_size", "hidden_size", "num_branches", "steps", "batch_size", "eval_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ThermometerConfig.{name} must be a positive integer; got {value!r}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"ThermometerConfig.seed must be an integer; got {self.seed!r}.")
+        for name in ("gamma_shape", "gamma_scale", "learning_rate"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not (math.isfinite(value) and value > 0)
+            ):
+                raise ValueError(f"ThermometerConfig.{name} must be a finite number > 0; got {value!r}.")
+        for name in ("lambda_reg", "weight_decay"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not (math.isfinite(value) and value >= 0)
+            ):
+                raise ValueError(f"ThermometerConfig.{name} must be a finite number >= 0; got {value!r}.")
+        if not (isinstance(self.val_fraction, int | float) and 0 < self.val_fraction < 1):
+            raise ValueError(f"ThermometerConfig.val_fraction must be in (0, 1); got {self.val_fraction!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ThermometerConfig:
+        """Build from a dict, rejecting unknown keys (a typo would otherwise be ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown ThermometerConfig field(s) {unknown}; known fields: {sorted(known)}.")
+        return cls(**values)
+
+
+def gamma_prior_nll(temperature: torch.Tensor, shape: float, scale: float) -> torch.Tensor:
+    """``-log Gamma(T; shape k, scale theta) = -(k-1) log T + T/theta + k log theta + lgamma(k)``, elementwise."""
+    k = torch.as_tensor(shape, dtype=temperature.dtype, device=temperature.device)
+    theta = torch.as_tensor(scale, dtype=temperature.dtype, device=temperature.device)
+    return -(k - 1) * torch.log(temperature) + temperature / theta + k * torch.log(theta) + torch.lgamma(k)
+
+
+def thermometer_loss(
+    logits: torch.Tensor, labels: torch.Tensor, inverse_temperatures: torch.Tensor, config: ThermometerConfig
+) -> torch.Tensor:
+    """``CE(z * beta, y) + lambda * gamma_prior_nll(1 / beta)`` with ``beta = mean(inverse_temperatures)``.
+
+    Args:
+        logits: [B, C] frozen answer logits of one task's batch (``-inf`` = absent option).
+        labels: [B] correct options.
+        inverse_temperatures: [B] the network's outputs ``softplus(f(x_i))`` on the same batch.
+    """
+    beta = inverse_temperatures.mean()
+    ce = nn.functional.cross_entropy(scale_logits(logits, beta), labels)
+    return ce + config.lambda_reg * gamma_prior_nll(1.0 / beta, config.gamma_shape, config.gamma_scale)
+
+
+class Thermometer(nn.Module):
+    """The Thermometer network (see the module docstring); ``forward(features [N, d]) -> beta [N]``."""
+
+    def __init__(self, config: ThermometerConfig) -> None:
+        super().__init__()
+        if not isinstance(config, ThermometerConfig):
+            raise TypeError(f"config must be a ThermometerConfig; got {type(config).__name__}.")
+        self.config = config
+        d, h = config.input_size, config.hidden_size
+        self.branches = nn.ModuleList(
+            nn.Sequential(nn.Linear(d, h), nn.ReLU(), nn.Linear(h, 1)) for _ in range(config.num_branches)
+        )
+        self.mix = nn.Linear(config.num_branches, 1)
+        self.model_fingerprint: dict[str, Any] | None = None
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Inverse temperature ``softplus(mix([b_1(x), ..., b_K(x)]))`` per row, shape [N] (> 0)."""
+        x = check_features(features, self.config.input_size).to(self.mix.weight)
+        branch_outputs = torch.cat([branch(x) for branch in self.branches], dim=1)
+        return nn.functional.softplus(self.mix(branch_outputs)).squeeze(1)
+
+    def inverse_temperature(self, features: torch.Tensor) -> torch.Tensor:
+        """Per-example inverse temperatures ``beta_i`` [N] (same as calling the module)."""
+        return self(features)
+
+    @torch.no_grad()
+    def predict_temperature(self, features: torch.Tensor) -> float:
+        """The task temperature ``T = 1 / mean_i beta_i`` of a task's unlabelled features [N, d]; always > 0."""
+        training = self.training
+        self.eval()
+        try:
+            beta = self(features).double().mean()
+        finally:
+            self.train(training)
+        return 1.0 / max(float(beta), _MIN_INVERSE_TEMPERATURE)
+
+    # ------------------------------------------------------------------------------------------ saving
+    def save_pretrained(self, directory: str | os.PathLike[str], model: Any = None) -> Path:
+        """Write ``thermometer.safetensors`` and ``thermometer_config.json`` into ``directory``.
+
+        With ``model`` (the LLM whose features it reads) its fingerprint is recorded, and
+        :meth:`from_pretrained` then refuses another model. Each file is written atomically.
+        """
+        if model is not None:
+            self.model_fingerprint = model_fingerprint(model)
+        directory = Path(directory)
+        tensors = {name: p.detach().cpu().contiguous() for name, p in self.state_dict().items()}
+        write_atomic(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": _FORMAT}))
+        content = {"format": _FORMAT, "config": self.config.to_dict(), "model_fingerprint": self.model_fingerprint}
+        write_json(directory / CONFIG_FILE, content)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str], model: Any = None) -> Thermometer:
+        """Rebuild a saved Thermometer; with ``model``, refuse one trained on another model's features."""
+        directory = Path(directory)
+        content = read_json(directory / CONFIG_FILE, "Thermometer.from_pretrained")
+        if content.get("format") != _FORMAT or not isinstance(content.get("config"), dict):
+            raise ValueError(f"{directory / CONFIG_FILE} is not a Thermometer config (format {_FORMAT!r}).")
+        fingerprint = content.get("model_fingerprint")
+        if model is not None:
+            check_fingerprint(fingerprint, model, what=f"The Thermometer in {directory}")
+        thermometer = cls(ThermometerConfig.from_dict(content["config"]))
+        weights = directory / WEIGHTS_FILE
+        if not weights.is_file():
+            raise FileNotFoundError(f"Thermometer.from_pretrained: {weights} does not exist.")
+        state = load_file(str(weights))
+        expected = thermometer.state_dict()
+        if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
+            raise ValueError(f"{weights} does not match the network described by {CONFIG_FILE}; save them together.")
+        thermometer.load_state_dict(state)
+        thermometer.model_fingerprint = fingerprint
+        return thermometer.eval()
