@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -24,61 +23,27 @@ from pathlib import Path
 import torch
 
 from hf_calib.assets import load_smollm2
-from hf_calib.eval import MultipleChoiceCalibration, task_key
-from hf_calib.eval.prompts import letter_token_ids
+from hf_calib.recipes.mc import DEFAULT_SUBJECTS
+from hf_calib.recipes.thermometer import subject_task as mmlu_subject_task
 from hf_calib.scaling import ThermometerConfig, ThermometerTask, leave_one_task_out
-from hf_calib.scaling.features import cached_tensors, extract_features, extract_features_and_logits, model_cache_key
-
-# The 12 MMLU subjects with the shortest questions + options (mean characters over their first 100
-# test questions): chosen for cost on a CPU, not for accuracy.
-DEFAULT_SUBJECTS = [
-    "world religions",
-    "elementary mathematics",
-    "conceptual physics",
-    "electrical engineering",
-    "miscellaneous",
-    "global facts",
-    "abstract algebra",
-    "management",
-    "high school mathematics",
-    "human aging",
-    "medical genetics",
-    "high school geography",
-]
 
 
 def subject_task(model, tokenizer, subject: str, args: argparse.Namespace) -> ThermometerTask:
     """Features, answer scores and labels of one subject's first ``args.limit`` questions (cached)."""
-    mc = MultipleChoiceCalibration.from_mmlu(
-        subject, args.limit, scoring=args.scoring, batch_size=args.batch_size, show_progress=True
+    return mmlu_subject_task(
+        model,
+        tokenizer,
+        subject,
+        limit=args.limit,
+        scoring=args.scoring,
+        batch_size=args.batch_size,
+        cache_dir=args.cache_dir,
     )
-    labels = torch.tensor([q.answer for q in mc.questions])
-    key = f"mmlu-{args.scoring}-{task_key(subject)}-{args.limit}"
-    prompts = mc.prompts(tokenizer)
-    if args.scoring == "letter":
-        width = max(len(q.choices) for q in mc.questions)
-        token_ids, _ = letter_token_ids(tokenizer, "ABCDEFGHIJ"[:width], "auto")
-        out = extract_features_and_logits(
-            model, tokenizer, prompts, token_ids, batch_size=args.batch_size, cache_dir=args.cache_dir, cache_key=key
-        )
-        return ThermometerTask(subject, out["features"], out["logits"], labels)
-    features = extract_features(
-        model, tokenizer, prompts, batch_size=args.batch_size, cache_dir=args.cache_dir, cache_key=key
-    )
-    path = Path(args.cache_dir) / model_cache_key(model) / f"{key}-scores.safetensors"
-    digest = hashlib.sha256(json.dumps([prompts, [q.choices for q in mc.questions]]).encode()).hexdigest()
-    scores = cached_tensors(path, digest, lambda: _cloze(mc, model))
-    return ThermometerTask(subject, features, scores["logits"], labels)
-
-
-def _cloze(mc: MultipleChoiceCalibration, model) -> dict[str, torch.Tensor]:
-    _, details = mc.evaluate(model, return_details=True)
-    return {"logits": details.logits}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--subjects", nargs="+", default=DEFAULT_SUBJECTS)
+    parser.add_argument("--subjects", nargs="+", default=list(DEFAULT_SUBJECTS))
     parser.add_argument("--limit", type=int, default=80, help="questions per subject (the first ones)")
     parser.add_argument("--scoring", choices=("letter", "cloze"), default="letter")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -141,7 +106,7 @@ def main() -> None:
 
 
 def _argv(args: argparse.Namespace) -> list[str]:
-    parts = ["--subjects", *[f'"{s}"' for s in args.subjects]] if args.subjects != DEFAULT_SUBJECTS else []
+    parts = ["--subjects", *[f'"{s}"' for s in args.subjects]] if args.subjects != list(DEFAULT_SUBJECTS) else []
     parts += ["--limit", str(args.limit), "--scoring", args.scoring, "--seeds", *map(str, args.seeds)]
     parts += ["--steps", str(args.steps), "--hidden-size", str(args.hidden_size), "--lambda-reg", str(args.lambda_reg)]
     return [*parts, "--out", args.out]

@@ -11,20 +11,21 @@ import torch
 from ..eval import MultipleChoiceCalibration
 from ..eval.multiple_choice import MultipleChoiceDetails
 
-#: Subjects of the quick demo: varied, with short questions (cheap prompts on a CPU).
+#: The 12 MMLU subjects with the shortest questions + options (mean characters over their first 100
+#: test questions): chosen for cost on a CPU, not for accuracy.
 DEFAULT_SUBJECTS = (
-    "high school geography",
-    "high school psychology",
-    "marketing",
-    "nutrition",
-    "sociology",
-    "us foreign policy",
     "world religions",
+    "elementary mathematics",
+    "conceptual physics",
+    "electrical engineering",
     "miscellaneous",
+    "global facts",
+    "abstract algebra",
     "management",
+    "high school mathematics",
     "human aging",
-    "high school government and politics",
-    "prehistory",
+    "medical genetics",
+    "high school geography",
 )
 
 
