@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from transformers import set_seed
 
-from .common import format_table, load_causal_lm, resolve_device, staged_dir
+from .common import format_table, load_causal_lm, resolve_device, staged_dir, torch_threads
 from .mc import DEFAULT_SUBJECTS, measure_mc, mmlu_benchmark
 from .report import Report
 
@@ -242,9 +242,10 @@ class Demo:
         config = ThermometerConfig(
             input_size=tasks[0].features.shape[1], steps=plan.thermometer_steps, seed=self.args.seed
         )
-        result = leave_one_task_out(tasks, config, seeds=[self.args.seed], held_out=held_out)
         training = [t for t in tasks if t.name not in held_out]
-        thermometer, history = train_thermometer(training, config, show_progress=True)
+        with torch_threads(1):
+            result = leave_one_task_out(tasks, config, seeds=[self.args.seed], held_out=held_out)
+            thermometer, history = train_thermometer(training, config, show_progress=True)
         rows = held_out_rows(result, held_out)
         self.report.section(
             "3. Thermometer: a temperature for unseen subjects, without their labels",

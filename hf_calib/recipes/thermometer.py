@@ -22,7 +22,7 @@ from ..eval.multiple_choice import MultipleChoiceDetails
 from ..eval.prompts import letter_token_ids
 from ..scaling import ThermometerConfig, ThermometerTask, leave_one_task_out, train_thermometer
 from ..scaling.features import cached_tensors, extract_features, extract_features_and_logits, model_cache_key
-from .common import format_table, staged_dir
+from .common import format_table, staged_dir, torch_threads
 from .mc import DEFAULT_SUBJECTS
 
 #: Metrics shown by the held-out table, in order.
@@ -119,9 +119,10 @@ def cli(args: argparse.Namespace) -> int:
     tasks = [subject_task(model, tokenizer, s, limit=args.limit, scoring=args.scoring) for s in subjects]
     overrides = {} if args.steps is None else {"steps": args.steps}
     config = ThermometerConfig(input_size=tasks[0].features.shape[1], seed=args.seed, **overrides)
-    result = leave_one_task_out(tasks, config, seeds=[args.seed], held_out=held_out)
     training = [t for t in tasks if t.name not in held_out]
-    thermometer, history = train_thermometer(training, config)
+    with torch_threads(1):
+        result = leave_one_task_out(tasks, config, seeds=[args.seed], held_out=held_out)
+        thermometer, history = train_thermometer(training, config)
     with staged_dir(args.output_dir) as out:
         thermometer.save_pretrained(out / "thermometer", model=model)
         (out / "leave_one_out.json").write_text(json.dumps({"rows": result.rows, "mean": result.mean()}, indent=2))
