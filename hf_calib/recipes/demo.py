@@ -26,7 +26,7 @@ import torch
 from transformers import set_seed
 
 from .common import format_table, load_causal_lm, resolve_device, staged_dir, torch_threads
-from .mc import DEFAULT_SUBJECTS, measure_mc, mmlu_benchmark
+from .mc import DEFAULT_SUBJECTS, mmlu_benchmark
 from .report import Report
 
 MC_COLUMNS = ["model", "accuracy", "mean_confidence", "ece", "mce", "brier", "nll"]
@@ -133,8 +133,14 @@ class Demo:
 
     # ------------------------------------------------------------------ steps
     def multiple_choice(self, model: Any, name: str, bench: Any) -> Any:
+        _, details = bench.evaluate(model, self.tokenizer, return_details=True)
+        return self.multiple_choice_from_details(details, name)
+
+    def multiple_choice_from_details(self, details: Any, name: str) -> Any:
+        from .mc import mc_result
+
         diagram = self.plot(f"mmlu_{name.replace(' ', '_')}")
-        result = measure_mc(bench, model, self.tokenizer, diagram=diagram, title=f"MMLU, {name}")
+        result = mc_result(details, diagram=diagram, title=f"MMLU, {name}")
         self.report.results.setdefault("mmlu", {})[name] = result.summary()
         return result
 
@@ -152,11 +158,15 @@ class Demo:
         for name, epsilon in (("plain CE", 0.0), ("label smoothing 0.1", 0.1)):
             print(f"[2/5] LoRA fine-tuning with {name} on {plan.sft_turns} ShareGPT turns", flush=True)
             sft[name] = self.finetune(epsilon)
-            mc[name] = self.multiple_choice(sft[name].model, name, bench)
+            if epsilon == 0:
+                mc[name] = self.multiple_choice(sft[name].model, name, bench)
+            else:  # one pass gives the answer scores and Thermometer's features
+                tasks = self.subject_tasks(sft[name].model, bench)
+                mc[name] = self.multiple_choice_from_tasks(tasks, name)
         self.write_finetuning(mc, sft)
 
         print("[3/5] Thermometer on MMLU subjects of the label-smoothed model", flush=True)
-        thermo = self.thermometer(sft["label smoothing 0.1"].model, mc["label smoothing 0.1"])
+        thermo = self.thermometer(tasks)
         print("[4/5] encoder classifier + AdUE head on movie reviews", flush=True)
         adue = self.adue()
         print("[5/5] calibrated adapter bundles and the report", flush=True)
@@ -221,23 +231,35 @@ class Demo:
             self.summary.append({"what": f"held-out token ECE after {name}", "value": outcome.after["token_ece"]})
 
     # ------------------------------------------------------------------ step 3
-    def thermometer(self, model: Any, scored: Any) -> dict[str, Any]:
-        from ..scaling import ThermometerConfig, leave_one_task_out, train_thermometer
-        from .thermometer import SHOWN, held_out_rows, split_details, subject_task
+    def subject_tasks(self, model: Any, bench: Any) -> list[Any]:
+        """Per subject: Thermometer features, option scores and labels (letters: from one forward pass)."""
+        from .thermometer import split_details, subject_task
 
-        plan = self.plan
-        per_subject = split_details(scored.details)
-        tasks = [
+        per_subject = {}
+        if self.plan.scoring == "cloze":
+            per_subject = split_details(bench.evaluate(model, self.tokenizer, return_details=True)[1])
+        return [
             subject_task(
                 model,
                 self.tokenizer,
                 subject,
-                limit=plan.mc_limit,
-                scoring=plan.scoring,
-                scores=per_subject[subject] if plan.scoring == "cloze" else None,
+                limit=self.plan.mc_limit,
+                scoring=self.plan.scoring,
+                scores=per_subject.get(subject),
             )
-            for subject in plan.subjects
+            for subject in self.plan.subjects
         ]
+
+    def multiple_choice_from_tasks(self, tasks: list[Any], name: str) -> Any:
+        from .thermometer import join_tasks
+
+        return self.multiple_choice_from_details(join_tasks(tasks, self.plan.scoring), name)
+
+    def thermometer(self, tasks: list[Any]) -> dict[str, Any]:
+        from ..scaling import ThermometerConfig, leave_one_task_out, train_thermometer
+        from .thermometer import SHOWN, held_out_rows
+
+        plan = self.plan
         held_out = [t.name for t in tasks[-plan.held_out_subjects :]]
         config = ThermometerConfig(
             input_size=tasks[0].features.shape[1], steps=plan.thermometer_steps, seed=self.args.seed

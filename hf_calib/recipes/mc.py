@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..eval import MultipleChoiceCalibration
-from ..eval.multiple_choice import MultipleChoiceDetails
+from ..eval.multiple_choice import MultipleChoiceDetails, multiple_choice_metrics
 
 #: The 12 MMLU subjects with the shortest questions + options (mean characters over their first 100
 #: test questions): chosen for cost on a CPU, not for accuracy.
@@ -59,13 +59,22 @@ def measure_mc(
     title: str | None = None,
 ) -> MCResult:
     """Score ``benchmark`` with ``model``; draw the top-label reliability diagram to ``diagram`` (PNG) if given."""
-    metrics, details = benchmark.evaluate(model, tokenizer, return_details=True)
+    _, details = benchmark.evaluate(model, tokenizer, return_details=True)
+    return mc_result(details, diagram=diagram, title=title)
+
+
+def mc_result(
+    details: MultipleChoiceDetails, *, diagram: str | Path | None = None, title: str | None = None
+) -> MCResult:
+    """Metrics (10 bins, per subject and pooled) and the reliability diagram of already computed option scores."""
+    metrics = multiple_choice_metrics(
+        details.logits, details.labels, details.task_ids, details.tasks, n_bins=10, prefix="mc", per_task=True
+    )
     path = None
     if diagram is not None:
         from ..metrics.plots import save_reliability_diagram
 
-        probs = details.probs
-        confidence, predicted = probs.max(dim=-1)
+        confidence, predicted = details.probs.max(dim=-1)
         correct = (predicted == details.labels).float()
         path = save_reliability_diagram(confidence, correct, path=diagram, n_bins=10, title=title)
     return MCResult(metrics=metrics, details=details, diagram=path)

@@ -92,6 +92,24 @@ def split_details(details: MultipleChoiceDetails) -> dict[str, MultipleChoiceDet
     return out
 
 
+def join_tasks(tasks: Sequence[ThermometerTask], scoring: str) -> MultipleChoiceDetails:
+    """The option scores of several subject tasks as one multi-task :class:`MultipleChoiceDetails`."""
+    width = max(t.logits.shape[1] for t in tasks)
+    logits = torch.full((sum(len(t.labels) for t in tasks), width), -torch.inf)
+    row = 0
+    for task in tasks:
+        logits[row : row + len(task.labels), : task.logits.shape[1]] = task.logits
+        row += len(task.labels)
+    return MultipleChoiceDetails(
+        logits=logits,
+        labels=torch.cat([t.labels for t in tasks]),
+        task_ids=torch.cat([torch.full((len(t.labels),), i, dtype=torch.long) for i, t in enumerate(tasks)]),
+        tasks=[t.name for t in tasks],
+        indices=torch.cat([torch.arange(len(t.labels)) for t in tasks]),
+        scoring=scoring,
+    )
+
+
 def held_out_rows(result: Any, held_out: Sequence[str]) -> list[dict[str, Any]]:
     """Rows ``{subject, method, metric...}`` of a leave-one-out result for the held-out subjects, plus the mean."""
     per_task = result.per_task()
