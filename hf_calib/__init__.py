@@ -1,5 +1,17 @@
 """hf_calib: calibrated fine-tuning for Hugging Face models."""
 
+from .adue import (
+    AdUEConfig,
+    AdUEFeatures,
+    AdUEHead,
+    AdUETrainer,
+    attach_adue_head,
+    evaluate_uncertainty,
+    extract_adue_features,
+    fit_adue_head,
+    load_adue_head,
+    save_adue_head,
+)
 from .assets import (
     AssetNotFoundError,
     gemma3_270m_path,
@@ -16,13 +28,48 @@ from .assets import (
 from .callbacks import ReliabilityDiagramCallback
 from .eval import MultipleChoiceCalibration
 from .eval.callback import MultipleChoiceCalibrationCallback
+from .hub import CalibratedAdapter, CalibratedAdapterCallback, CalibrationReport, CardInfo
 from .losses import fused_linear_label_smoothing_ce, label_smoothing_ce
+from .scaling import (
+    TemperatureLogitsProcessor,
+    TemperatureScaledLM,
+    TemperatureScaler,
+    Thermometer,
+    ThermometerConfig,
+    ThermometerTask,
+    extract_features,
+    leave_one_task_out,
+    train_thermometer,
+)
 from .token_calibration import TokenCalibrationConfig, TokenCalibrationMetrics, token_calibration_metrics
 from .trainer import CalibratedLossMixin, CalibratedTrainer, FusedLossFallbackWarning
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdUEConfig",
+    "AdUEFeatures",
+    "AdUEHead",
+    "AdUETrainer",
+    "CalibratedAdapter",
+    "CalibratedAdapterCallback",
+    "CalibrationReport",
+    "CardInfo",
+    "TemperatureLogitsProcessor",
+    "TemperatureScaledLM",
+    "TemperatureScaler",
+    "Thermometer",
+    "ThermometerConfig",
+    "ThermometerTask",
+    "attach_adue_head",
+    "evaluate_uncertainty",
+    "extract_adue_features",
+    "extract_features",
+    "fit_adue_head",
+    "leave_one_task_out",
+    "load_adue_head",
+    "save_adue_head",
+    "train_thermometer",
     "AssetNotFoundError",
     "CalibratedLossMixin",
     "CalibratedSFTTrainer",
