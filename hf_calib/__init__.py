@@ -1,5 +1,8 @@
 """hf_calib: calibrated fine-tuning for Hugging Face models."""
 
+# Defined before the imports: submodules record it in the files they save.
+__version__ = "0.1.0"
+
 from .adue import (
     AdUEConfig,
     AdUEFeatures,
@@ -43,8 +46,6 @@ from .scaling import (
 )
 from .token_calibration import TokenCalibrationConfig, TokenCalibrationMetrics, token_calibration_metrics
 from .trainer import CalibratedLossMixin, CalibratedTrainer, FusedLossFallbackWarning
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AdUEConfig",
