@@ -75,3 +75,68 @@ def test_tokenizer_without_template():
     tok.chat_template = None
     with pytest.raises(ValueError, match="chat template"):
         tokenize_chat_completion(CHAT, tok)
+
+
+# ---- prompt + completion pairs (hf_calib.data.chat) -----------------------------------------------
+
+
+def test_prompt_completion_chat_equals_chat_completion_of_stripped_turns():
+    from hf_calib.data import tokenize_prompt_completion
+
+    out = tokenize_prompt_completion(" hi \n", " yo", CharTokenizer(), chat=True)
+    assert out == tokenize_chat_completion(CHAT, CharTokenizer())
+
+
+def test_prompt_completion_plain_masks_prefix_and_prompt():
+    from test_fticl import BOS, EOS
+    from test_fticl import CharTokenizer as SpecialCharTokenizer
+
+    from hf_calib.data import encode_prompt, tokenize_prompt_completion
+
+    tok = SpecialCharTokenizer()
+    out = tokenize_prompt_completion("Q:", " a", tok, chat=False)
+    assert out["input_ids"] == [BOS, ord("Q"), ord(":"), ord(" "), ord("a"), EOS]
+    assert out["labels"] == [IGNORE_INDEX] * 3 + [ord(" "), ord("a"), EOS]
+    assert encode_prompt(tok, "Q:", chat=False) == out["input_ids"][:3]
+    no_eos = tokenize_prompt_completion("Q:", " a", tok, chat=False, add_eos=False)
+    assert no_eos["labels"] == [IGNORE_INDEX] * 3 + [ord(" "), ord("a")]
+    cut = tokenize_prompt_completion("Q:", " a", tok, chat=False, max_length=2)
+    assert cut["input_ids"] == [BOS, ord("Q")] and cut["labels"] == [IGNORE_INDEX] * 2
+
+
+def test_chat_choice_and_rendering():
+    from test_fticl import CharTokenizer as SpecialCharTokenizer
+
+    from hf_calib.data import encode_prompt, render_prompt, uses_chat_template
+
+    chat, plain = SpecialCharTokenizer(chat=True), SpecialCharTokenizer()
+    assert uses_chat_template(chat) and not uses_chat_template(plain)
+    assert not uses_chat_template(chat, False)
+    with pytest.raises(ValueError, match="use_chat_template=True"):
+        uses_chat_template(plain, True)
+    assert render_prompt(chat, " hi ", chat=True) == "<user>hi</><assistant>"
+    assert render_prompt(plain, " hi ", chat=False) == " hi "
+    assert encode_prompt(chat, "hi", chat=True) == [ord(c) for c in "<user>hi</><assistant>"]
+
+
+def test_prompt_completion_bad_input():
+    from test_fticl import CharTokenizer as SpecialCharTokenizer
+
+    from hf_calib.data import tokenize_prompt_completion
+
+    tok = SpecialCharTokenizer()
+    with pytest.raises(ValueError, match="completion is empty"):
+        tokenize_prompt_completion("Q:", "  ", tok, chat=False)
+    with pytest.raises(ValueError, match="max_length"):
+        tokenize_prompt_completion("Q:", " a", tok, chat=False, max_length=0)
+
+
+def test_missing_eos_is_reported():
+    from test_fticl import CharTokenizer as SpecialCharTokenizer
+
+    from hf_calib.data import tokenize_prompt_completion
+
+    tok = SpecialCharTokenizer()
+    tok.eos_token_id = None
+    with pytest.raises(ValueError, match="eos_token"):
+        tokenize_prompt_completion("Q:", " a", tok, chat=False)

@@ -1,9 +1,16 @@
-"""Evaluation of fine-tuned LMs: answer-level calibration on multiple-choice benchmarks.
+"""Evaluation of fine-tuned LMs: answer-level calibration on multiple-choice benchmarks, generation metrics.
 
 ``MultipleChoiceCalibration(data).evaluate(model, tokenizer)`` returns a flat ``dict[str, float]``
 (``mc/{task}/{metric}``, ``mc/macro/{metric}``, ``mc/micro/{metric}``). Details: ``docs/multiple_choice.md``.
+
+Generation and domain transfer (``docs/data_and_eval.md``): ``LLMJudge`` (response vs reference, 0-10),
+``rouge_l`` / ``bleu``, ``GenerationEvalCallback`` (generation metrics at each evaluation), ``domain_report``
+(in-domain vs out-of-domain accuracy or ROUGE-L).
 """
 
+from .domain import DomainModel, DomainReport, domain_report, evaluate_domains, format_domain_table
+from .generation import GenerationEvalCallback, GenerationTask, evaluate_generation, generate_texts
+from .judge import JUDGE_PROMPT, JudgeResult, LLMJudge, parse_judge_reply
 from .multiple_choice import (
     MultipleChoiceCalibration,
     MultipleChoiceDetails,
@@ -12,6 +19,7 @@ from .multiple_choice import (
     task_key,
 )
 from .prompts import MMLU_HEADER, MCQuestion
+from .reference import bleu, exact_match, reference_scores, rouge_l
 
 __all__ = [
     "MMLU_HEADER",
@@ -21,4 +29,21 @@ __all__ = [
     "multiple_choice_metrics",
     "read_questions",
     "task_key",
+    "DomainModel",
+    "DomainReport",
+    "domain_report",
+    "evaluate_domains",
+    "format_domain_table",
+    "GenerationEvalCallback",
+    "GenerationTask",
+    "evaluate_generation",
+    "generate_texts",
+    "JUDGE_PROMPT",
+    "JudgeResult",
+    "LLMJudge",
+    "parse_judge_reply",
+    "bleu",
+    "exact_match",
+    "reference_scores",
+    "rouge_l",
 ]

@@ -1,0 +1,283 @@
+"""Batched greedy generation and generation metrics at each Trainer evaluation.
+
+:func:`generate_texts` left-pads a batch of prompts (so every prompt ends at the same position and new
+tokens are appended right after it), generates at most ``max_new_tokens`` greedily and decodes only the new
+tokens. :class:`GenerationTask` is a set of held-out prompts with references, scored by reference metrics
+(ROUGE-L, BLEU, exact match) and optionally an LLM judge. :class:`GenerationEvalCallback` runs tasks at
+every ``trainer.evaluate()`` -- e.g. the target task and a general instruction set, so that specialization
+and forgetting form two curves in ``trainer.state.log_history`` and TensorBoard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from hf_calib.data.chat import encode_prompt, uses_chat_template
+
+from .callback import _metric_key_prefix, _tokenizer_of
+from .reference import REFERENCE_METRICS, reference_scores
+from .scoring import eval_mode, input_device
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, Trainer
+
+    from .judge import LLMJudge
+
+__all__ = ["GenerationEvalCallback", "GenerationTask", "evaluate_generation", "generate_texts", "generate_from_ids"]
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # DDP / DataParallel hide generate() behind .module.
+    while hasattr(model, "module") and not hasattr(model, "generate"):
+        model = model.module
+    return model
+
+
+def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return candidate
+    raise ValueError("the tokenizer has neither a pad_token nor an eos_token; set tokenizer.pad_token.")
+
+
+@torch.no_grad()
+def generate_from_ids(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    show_progress: bool = True,
+    desc: str = "generating",
+) -> list[str]:
+    """Greedy continuations of token-id prompts, decoded without special tokens, in the input order.
+
+    Prompts are sorted by length (little padding) and left-padded: row ``i`` of a batch of width ``L`` holds
+    ``[pad] * (L - len_i) + prompt_i`` with attention mask 0 on the pads. Generation stops at the model's
+    (or tokenizer's) EOS or after ``max_new_tokens`` tokens. The model's train/eval flags are restored.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive number of tokens; got {max_new_tokens}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive; got {batch_size}.")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token.")
+    model = _unwrap(model)
+    pad_id = _pad_id(tokenizer)
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos = eos if eos is not None else tokenizer.eos_token_id
+    device = input_device(model)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    out: list[str] = [""] * len(prompts)
+    with eval_mode(model):
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show_progress):
+            batch = order[start : start + batch_size]
+            width = max(len(prompts[i]) for i in batch)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                ids[row, width - len(prompts[i]) :] = torch.tensor(list(prompts[i]), dtype=torch.long)
+                mask[row, width - len(prompts[i]) :] = 1
+            generated = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad_id,
+                eos_token_id=eos,
+            )
+            texts = tokenizer.batch_decode(generated[:, width:].cpu(), skip_special_tokens=True)
+            for row, i in enumerate(batch):
+                out[i] = texts[row].strip()
+    return out
+
+
+def generate_texts(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    use_chat_template: bool | None = None,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    show_progress: bool = True,
+    desc: str = "generating",
+) -> list[str]:
+    """Greedy replies to text prompts (see :func:`generate_from_ids`).
+
+    Each prompt is encoded as in training (:func:`hf_calib.data.encode_prompt`): the user message of the
+    chat template when the tokenizer has one (``use_chat_template=None``), else the plain text after the
+    tokenizer's special prefix.
+    """
+    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+        raise TypeError("prompts must be a list of strings.")
+    chat = uses_chat_template(tokenizer, use_chat_template)
+    ids = [encode_prompt(tokenizer, p, chat=chat) for p in prompts]
+    return generate_from_ids(
+        model,
+        tokenizer,
+        ids,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        show_progress=show_progress,
+        desc=desc,
+    )
+
+
+@dataclass
+class GenerationTask:
+    """Held-out prompts with references, scored after greedy generation.
+
+    ``metrics`` are reference metrics (names in :data:`hf_calib.eval.reference.REFERENCE_METRICS`); a
+    ``judge`` (:class:`hf_calib.eval.LLMJudge`) adds ``judge_response``, ``judge_reference``, ``judge_ratio``
+    and ``judge_missing``. Only the first ``max_samples`` prompts are used (``None``: all). ``max_new_tokens``
+    overrides the caller's budget for this task (e.g. a few tokens for a label, more for free text).
+    """
+
+    name: str
+    prompts: Sequence[str]
+    references: Sequence[str]
+    metrics: Sequence[str] = ("rougeL",)
+    judge: LLMJudge | None = None
+    max_samples: int | None = None
+    max_new_tokens: int | None = None
+    use_chat_template: bool | None = None
+    #: The replies of the latest :func:`evaluate_generation` (for inspection).
+    last_generations: list[str] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or "/" in self.name:
+            raise ValueError(
+                f"name must be a non-empty string without '/' (it becomes a metric key); got {self.name!r}."
+            )
+        if isinstance(self.prompts, str) or isinstance(self.references, str):
+            raise TypeError("prompts and references must be lists of strings, not a single string.")
+        if len(self.prompts) != len(self.references) or not self.prompts:
+            raise ValueError(
+                f"task {self.name!r}: prompts and references must be non-empty and of equal length; got "
+                f"{len(self.prompts)} and {len(self.references)}."
+            )
+        unknown = [m for m in self.metrics if m not in REFERENCE_METRICS]
+        if unknown:
+            raise ValueError(f"task {self.name!r}: unknown metrics {unknown}; choose from {list(REFERENCE_METRICS)}.")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ValueError(f"task {self.name!r}: max_samples must be positive or None; got {self.max_samples}.")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"task {self.name!r}: max_new_tokens must be positive or None; got {self.max_new_tokens}.")
+
+    def selected(self) -> tuple[list[str], list[str]]:
+        """The prompts and references actually scored (the first ``max_samples``)."""
+        n = len(self.prompts) if self.max_samples is None else min(self.max_samples, len(self.prompts))
+        return list(self.prompts[:n]), list(self.references[:n])
+
+
+def evaluate_generation(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    task: GenerationTask,
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    show_progress: bool = True,
+) -> dict[str, float]:
+    """``{"gen/{task.name}/{metric}": value}``: generate on the task's prompts, then score (see the class).
+
+    ``max_new_tokens`` applies unless the task sets its own.
+    """
+    prompts, references = task.selected()
+    replies = generate_texts(
+        model,
+        tokenizer,
+        prompts,
+        use_chat_template=task.use_chat_template,
+        max_new_tokens=task.max_new_tokens or max_new_tokens,
+        batch_size=batch_size,
+        show_progress=show_progress,
+        desc=f"generating ({task.name})",
+    )
+    task.last_generations = replies
+    out = {f"gen/{task.name}/{k}": v for k, v in reference_scores(replies, references, task.metrics).items()}
+    if task.judge is not None:
+        result = task.judge.score(prompts, replies, references)
+        out.update({f"gen/{task.name}/{k}": v for k, v in result.metrics().items()})
+    return out
+
+
+class GenerationEvalCallback(TrainerCallback):
+    """Generation metrics of one or more :class:`GenerationTask` at each ``trainer.evaluate()``.
+
+    ``trainer.add_callback(GenerationEvalCallback([target, general], trainer=trainer))``. As with
+    :class:`hf_calib.eval.MultipleChoiceCalibrationCallback`, the keys ``{metric_key_prefix}_gen/{task}/{metric}``
+    (e.g. ``eval_gen/sentiment/rougeL``, ``eval_gen/general/judge_ratio``) are added to the evaluation's
+    ``metrics`` in place and logged with ``trainer.log(...)``, so they reach ``trainer.state.log_history``
+    and every ``report_to`` integration as a separate entry at the same step. Generation uses
+    ``trainer.model`` with the trainer's tokenizer (or ``tokenizer``), at most ``max_new_tokens`` new tokens
+    per prompt, in batches of ``batch_size``, with a progress bar.
+
+    Distributed: every process generates on every prompt with its own replica (as the multiple-choice
+    callback), so all processes log the same values and stay in step.
+    """
+
+    def __init__(
+        self,
+        tasks: GenerationTask | Sequence[GenerationTask],
+        *,
+        trainer: Trainer,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        max_new_tokens: int = 64,
+        batch_size: int = 8,
+        show_progress: bool = True,
+    ) -> None:
+        tasks = [tasks] if isinstance(tasks, GenerationTask) else list(tasks)
+        if not tasks or not all(isinstance(t, GenerationTask) for t in tasks):
+            raise ValueError("tasks must be a GenerationTask or a non-empty list of them.")
+        if len({t.name for t in tasks}) != len(tasks):
+            raise ValueError("two tasks share a name, so their metrics would collide; name each task uniquely.")
+        if trainer is None or not callable(getattr(trainer, "log", None)):
+            raise ValueError("trainer must be the Trainer this callback is added to (its model and log() are used).")
+        tokenizer = tokenizer if tokenizer is not None else _tokenizer_of(getattr(trainer, "processing_class", None))
+        if tokenizer is None:
+            raise ValueError("the trainer has no processing_class; pass tokenizer=... to GenerationEvalCallback.")
+        if max_new_tokens < 1 or batch_size < 1:
+            raise ValueError(f"max_new_tokens and batch_size must be positive; got {max_new_tokens}, {batch_size}.")
+        self.tasks = tasks
+        self.trainer = trainer
+        self.tokenizer = tokenizer
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.show_progress = show_progress
+        #: The keys and values of the latest evaluation.
+        self.last_metrics: dict[str, float] = {}
+
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        prefix = _metric_key_prefix(metrics or {})
+        computed: dict[str, float] = {}
+        for task in self.tasks:
+            scores = evaluate_generation(
+                self.trainer.model,
+                self.tokenizer,
+                task,
+                max_new_tokens=self.max_new_tokens,
+                batch_size=self.batch_size,
+                show_progress=self.show_progress,
+            )
+            computed.update({f"{prefix}_{key}": value for key, value in scores.items()})
+        self.last_metrics = computed
+        if metrics is not None:
+            metrics.update(computed)
+        self.trainer.log(dict(computed))
