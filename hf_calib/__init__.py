@@ -29,7 +29,8 @@ from .assets import (
     smollm2_path,
 )
 from .callbacks import ReliabilityDiagramCallback
-from .eval import MultipleChoiceCalibration
+from .data import TaskTemplate, fticl_dataset, task_dataset, tokenize_chat_completion, tokenize_prompt_completion
+from .eval import GenerationEvalCallback, GenerationTask, LLMJudge, MultipleChoiceCalibration, evaluate_domains
 from .eval.callback import MultipleChoiceCalibrationCallback
 from .hub import CalibratedAdapter, CalibratedAdapterCallback, CalibrationReport, CardInfo
 from .losses import fused_linear_label_smoothing_ce, label_smoothing_ce
@@ -48,6 +49,15 @@ from .token_calibration import TokenCalibrationConfig, TokenCalibrationMetrics, 
 from .trainer import CalibratedLossMixin, CalibratedTrainer, FusedLossFallbackWarning
 
 __all__ = [
+    "GenerationEvalCallback",
+    "GenerationTask",
+    "LLMJudge",
+    "TaskTemplate",
+    "evaluate_domains",
+    "fticl_dataset",
+    "task_dataset",
+    "tokenize_chat_completion",
+    "tokenize_prompt_completion",
     "AdUEConfig",
     "AdUEFeatures",
     "AdUEHead",
