@@ -45,7 +45,7 @@ class DemoPlan:
     sft_batch_size: int = 8
     held_out_subjects: int = 3
     thermometer_steps: int = 5000
-    encoder_sizes: tuple[int, int, int] = (1000, 300, 500)
+    encoder_sizes: tuple[int, int, int] = (2000, 500, 500)
     adue_max_epochs: int = 50
     adue_grid: tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]] | None = None
 
@@ -212,7 +212,8 @@ class Demo:
         for name, outcome in sft.items():
             for when in ("before", "after"):
                 values = getattr(outcome, when)
-                token_rows.append({"fine-tuning": name, "when": when, **values})
+                gap = values["token_mean_confidence"] - values["token_accuracy"]
+                token_rows.append({"fine-tuning": name, "when": when, **values, "confidence - accuracy": gap})
         self.report.section(
             "2. LoRA fine-tuning: plain cross-entropy vs label smoothing 0.1",
             f"{self.plan.sft_turns} ShareGPT turns, {self.plan.max_length} tokens, through CalibratedTrainer "
@@ -220,8 +221,14 @@ class Demo:
             "Held-out token-level calibration before and after (eval loss is the training objective, so it is "
             "label-smoothed for the smoothed run).",
         )
-        columns = ["fine-tuning", "when", "token_ece", "token_nll", "token_accuracy", "token_mean_confidence", "loss"]
-        self.report.table(token_rows, columns, floatfmt=".4f")
+        columns = ["fine-tuning", "when", "token_ece", "token_nll", "token_accuracy", "token_mean_confidence"]
+        self.report.table(token_rows, [*columns, "confidence - accuracy", "loss"], floatfmt=".4f")
+        gaps = {name: row["confidence - accuracy"] for name, row in zip(sft, token_rows[1::2], strict=True)}
+        self.report.paragraph(
+            "After fine-tuning, held-out mean confidence minus accuracy (positive = over-confident): "
+            + "; ".join(f"{name} {gap:+.4f}" for name, gap in gaps.items())
+            + ". These are short runs on a small slice: read the direction, not the size."
+        )
         self.report.results["finetuning"] = {
             name: {"before": o.before, "after": o.after, "steps": o.steps, "seconds": round(o.seconds, 1)}
             for name, o in sft.items()
