@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(th)
     th.add_argument("--adapter", type=Path, help="a PEFT adapter folder to apply to --model")
     th.add_argument("--subjects", nargs="+", help="training subjects (default: the demo's 12 subjects minus held-out)")
-    th.add_argument("--held-out", nargs="+", help="held-out subjects (default: the last 3 of --subjects)")
+    th.add_argument("--held-out", nargs="+", help="held-out subjects (default: the last quarter of --subjects)")
     th.add_argument("--limit", type=_positive_int, default=40, help="questions per subject (default 40)")
     th.add_argument("--scoring", choices=["letter", "cloze"], default="cloze", help="default cloze")
     th.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the paper's 5000)")

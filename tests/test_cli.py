@@ -138,3 +138,52 @@ def test_report_writes_markdown_and_json(tmp_path):
     assert "![a diagram](plots/d.png)" in text
     assert json.loads((tmp_path / "results.json").read_text()) == {"ece": 0.5}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plots", "report.md", "results.json"]
+
+
+def test_push_reports_failures_in_one_line_without_the_token(tmp_path, monkeypatch, capsys):
+    import hf_calib.hub
+
+    calls = {}
+
+    def failing_push(folder, repo_id, **kwargs):
+        calls.update(kwargs, folder=folder, repo_id=repo_id)
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(hf_calib.hub, "push_folder", failing_push)
+    monkeypatch.setenv("MY_TOKEN", "hf_secret_value")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["push", str(tmp_path), "--repo-id", "me/bundle", "--token-env", "MY_TOKEN", "--private"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "uploading to 'me/bundle' failed (ConnectionError" in err and "$MY_TOKEN" in err
+    assert "hf_secret_value" not in err
+    assert calls["token"] == "hf_secret_value" and calls["private"] is True and calls["repo_id"] == "me/bundle"
+
+    with pytest.raises(SystemExit):
+        cli.main(["push", str(tmp_path / "missing"), "--repo-id", "me/bundle"])
+    assert "is not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_real_subcommands_write_their_outputs(tmp_path, capsys):
+    assert (
+        cli.main(
+            ["sft", "--turns", "16", "--eval-turns", "8", "--max-length", "64", "--output-dir", str(tmp_path / "sft")]
+        )
+        == 0
+    )
+    assert (tmp_path / "sft" / "adapter" / "adapter_model.safetensors").is_file()
+    args = ["eval", "--adapter", str(tmp_path / "sft" / "adapter"), "--subjects", "management", "--limit", "4"]
+    assert cli.main([*args, "--scoring", "letter", "--output-dir", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert 0.0 <= metrics["mc/micro/accuracy"] <= 1.0 and (tmp_path / "eval" / "reliability_diagram.png").is_file()
+    subjects = ["world religions", "management", "global facts"]
+    args = ["thermometer", "--subjects", *subjects, "--limit", "8", "--steps", "20", "--scoring", "letter"]
+    assert cli.main([*args, "--output-dir", str(tmp_path / "th")]) == 0
+    assert (tmp_path / "th" / "thermometer" / "thermometer.safetensors").is_file()
+    rows = json.loads((tmp_path / "th" / "leave_one_out.json").read_text())["rows"]
+    assert {r["task"] for r in rows} == {"global facts"}  # the default held-out subject: the last one
+    assert cli.main(["adue", "--train-size", "64", "--test-size", "32", "--output-dir", str(tmp_path / "adue")]) == 0
+    assert (tmp_path / "adue" / "bundle" / "adue_head.safetensors").is_file()
+    out = capsys.readouterr().out
+    assert "adapter saved to" in out and "Thermometer (best step" in out and "misclassification AUROC" in out

@@ -126,12 +126,12 @@ def cli(args: argparse.Namespace) -> int:
     from .mc_cli import load_with_adapter
 
     subjects = list(args.subjects or DEFAULT_SUBJECTS)
-    held_out = list(args.held_out or subjects[-3:])
-    missing = [s for s in held_out if s not in subjects]
-    if missing:
-        subjects += missing
-    if len(subjects) - 1 < 1 or len(subjects) < 3:
-        raise ValueError("--subjects needs at least 3 subjects (training tasks plus held-out ones).")
+    if len(subjects) < 2:
+        raise ValueError("--subjects needs at least 2 subjects: training subjects plus a held-out one.")
+    held_out = list(args.held_out or subjects[-max(1, len(subjects) // 4) :])
+    subjects += [s for s in held_out if s not in subjects]
+    if not [s for s in subjects if s not in held_out]:
+        raise ValueError("every subject is held out; leave at least one training subject out of --held-out.")
     torch.manual_seed(args.seed)
     model, tokenizer = load_with_adapter(args.model, args.adapter, args.device)
     tasks = [subject_task(model, tokenizer, s, limit=args.limit, scoring=args.scoring) for s in subjects]
