@@ -12,10 +12,14 @@ from types import ModuleType
 
 
 def load_script(path: Path) -> ModuleType:
-    """Import a script file as a module (to run it in this process)."""
+    """Import a script file as a module (to run it in this process), its folder importable as when run."""
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
     return module
 
 

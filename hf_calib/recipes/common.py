@@ -40,24 +40,35 @@ def resolve_device(device: str | None) -> torch.device:
     return resolved
 
 
-def load_causal_lm(name: str, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-    """``(model, tokenizer)`` for a causal LM: the offline SmolLM2 for ``"smollm2"``, else a Hub id or folder.
-
-    Hub ids and folders go through ``from_pretrained`` without remote code. A tokenizer without a
-    padding token gets its end-of-sequence token as padding (batched scoring needs one).
-    """
+def causal_lm_path(name: str) -> str:
+    """The folder or Hub id of a causal LM: the offline SmolLM2's cached folder for ``"smollm2"``."""
     if name in SMOLLM2_ALIASES:
-        from ..assets import load_smollm2
+        from ..assets import smollm2_path
 
-        model, tokenizer = load_smollm2(dtype=dtype)
-    else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        return str(smollm2_path())
+    _check_model_name(name)
+    return name
 
-        _check_model_name(name)
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=False)
+
+def load_tokenizer(name: str) -> Any:
+    """The tokenizer of a causal LM (see :func:`causal_lm_path`), without remote code.
+
+    A tokenizer without a padding token gets its end-of-sequence token as padding (batched scoring needs one).
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(causal_lm_path(name), trust_remote_code=False)
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(name: str, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    """``(model, tokenizer)`` for a causal LM: the offline SmolLM2 for ``"smollm2"``, else a Hub id or folder."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(name)
+    model = AutoModelForCausalLM.from_pretrained(causal_lm_path(name), dtype=dtype, trust_remote_code=False)
     return model.to(resolve_device(device)), tokenizer
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from transformers import set_seed
 
-from .common import format_table, hub_id, load_causal_lm, resolve_device, staged_dir, torch_threads
+from .common import format_table, hub_id, load_causal_lm, load_tokenizer, resolve_device, staged_dir, torch_threads
 from .mc import DEFAULT_SUBJECTS, mmlu_benchmark
 from .report import Report
 
@@ -120,7 +120,7 @@ class Demo:
             model, self.tokenizer = load_causal_lm(self.args.model, device=self.device)
             return model
         if self.tokenizer is None:
-            _, self.tokenizer = load_causal_lm_tokenizer(self.args.model)
+            self.tokenizer = load_tokenizer(self.args.model)
         torch.manual_seed(self.args.seed)
         model = tiny_causal_lm(self.tokenizer)
         if self._tiny_state is None:
@@ -181,20 +181,17 @@ class Demo:
 
     # ------------------------------------------------------------------ step 2
     def finetune(self, epsilon: float) -> Any:
-        from ..assets import load_sharegpt_turns
-        from .sft import SFTSettings, finetune_chat_lora, tokenize_turns
+        from .sft import SFTSettings, finetune_chat_lora, sharegpt_splits
 
         plan = self.plan
         model = self.causal_lm()
-        turns = load_sharegpt_turns(limit=plan.sft_turns + plan.sft_eval_turns, max_chars=16 * plan.max_length)
-        data = tokenize_turns(turns, self.tokenizer, plan.max_length)
-        split = data.train_test_split(test_size=plan.sft_eval_turns, seed=self.args.seed)
+        train, held_out = sharegpt_splits(
+            self.tokenizer, plan.sft_turns, plan.sft_eval_turns, plan.max_length, self.args.seed
+        )
         settings = SFTSettings(
             label_smoothing=epsilon, max_length=plan.max_length, batch_size=plan.sft_batch_size, seed=self.args.seed
         )
-        return finetune_chat_lora(
-            model, self.tokenizer, split["train"], split["test"], settings, output_dir=self.out / "scratch"
-        )
+        return finetune_chat_lora(model, self.tokenizer, train, held_out, settings, output_dir=self.out / "scratch")
 
     def write_finetuning(self, mc: dict[str, Any], sft: dict[str, Any]) -> None:
         rows = [{"model": name, **result.summary()} for name, result in mc.items()]
@@ -336,14 +333,16 @@ class Demo:
     def bundles(self, smoothed: Any, thermo: dict[str, Any], adue: Any) -> None:
         from ..hub import CalibratedAdapter, CalibrationReport, CardInfo
         from ..scaling import TemperatureScaler
+        from .thermometer import join_tasks
 
         args, plan = self.args, self.plan
         held = thermo["held_out"]
-        logits = torch.cat([_pad(t.logits, 4) for t in held])
-        labels = torch.cat([t.labels for t in held])
-        temperatures = [thermo["thermometer"].predict_temperature(t.features) for t in held]
-        per_row_t = torch.cat([torch.full((len(t.labels),), temp) for t, temp in zip(held, temperatures, strict=True)])
-        report = CalibrationReport.from_logits(logits / per_row_t[:, None], labels, dataset="MMLU", split="held-out")
+        scores = join_tasks(held, plan.scoring)
+        temperatures = torch.tensor([thermo["thermometer"].predict_temperature(t.features) for t in held])
+        per_row_t = temperatures[scores.task_ids]
+        report = CalibrationReport.from_logits(
+            scores.logits / per_row_t[:, None], scores.labels, dataset="MMLU", split="held-out"
+        )
         lm_card = CardInfo(
             base_model=hub_id(args.model),
             model_name="smollm2-sharegpt-label-smoothing-thermometer",
@@ -388,32 +387,6 @@ class Demo:
             f"{scaler.temperature:.3f}.",
         )
         shutil.rmtree(self.out / "scratch", ignore_errors=True)
-
-
-def _pad(logits: torch.Tensor, width: int) -> torch.Tensor:
-    if logits.shape[1] >= width:
-        return logits
-    pad = torch.full((logits.shape[0], width - logits.shape[1]), -torch.inf)
-    return torch.cat([logits, pad], dim=1)
-
-
-def load_causal_lm_tokenizer(name: str) -> tuple[None, Any]:
-    """The tokenizer of ``name`` only (tiny demo: real tokenizer, random model)."""
-    from .common import SMOLLM2_ALIASES
-
-    if name in SMOLLM2_ALIASES:
-        from transformers import AutoTokenizer
-
-        from ..assets import smollm2_path
-
-        tokenizer = AutoTokenizer.from_pretrained(smollm2_path(), local_files_only=True)
-    else:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(name)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return None, tokenizer
 
 
 def cli(args: argparse.Namespace) -> int:

@@ -65,6 +65,20 @@ def tokenize_turns(turns: Any, tokenizer: Any, max_length: int) -> Any:
     return data.filter(lambda ex: any(t != IGNORE_INDEX for t in ex["labels"]), desc="dropping prompt-only rows")
 
 
+def sharegpt_splits(tokenizer: Any, turns: int, held_out: int, max_length: int, seed: int) -> tuple[Any, Any]:
+    """``(train, held_out)`` tokenized rows from the first ``turns + held_out`` offline ShareGPT turns.
+
+    Turns longer than ``16 * max_length`` characters are skipped; the held-out rows are drawn with ``seed``.
+    """
+    from ..assets import load_sharegpt_turns
+
+    data = tokenize_turns(load_sharegpt_turns(limit=turns + held_out, max_chars=16 * max_length), tokenizer, max_length)
+    if len(data) <= held_out:
+        raise ValueError(f"only {len(data)} usable turns; lower the held-out count or raise the training turns.")
+    split = data.train_test_split(test_size=held_out, seed=seed)
+    return split["train"], split["test"]
+
+
 def finetune_chat_lora(
     model: torch.nn.Module,
     tokenizer: Any,

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import torch
+from _dist import shutdown
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
 from hf_calib.callbacks import ReliabilityDiagramCallback
@@ -144,13 +145,6 @@ def run(out: str, *, per_device: int, output_dir: str) -> dict:
     return report
 
 
-def _shutdown() -> None:
-    """Tear the gloo process group down explicitly; leaving it to interpreter exit can abort the process."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True)
@@ -160,7 +154,7 @@ def main() -> None:
     try:
         run(a.out, per_device=a.per_device, output_dir=a.output_dir)
     finally:
-        _shutdown()
+        shutdown()
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import json
 import os
 
 import torch
+from _dist import shutdown
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
 from hf_calib.trainer import CalibratedTrainer
@@ -102,13 +103,6 @@ def run(out: str, *, trainer: str, per_device: int, steps: int, fsdp: bool, outp
     return report
 
 
-def _shutdown() -> None:
-    """Tear the gloo process group down explicitly; leaving it to interpreter exit can abort the process."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True)
@@ -121,7 +115,7 @@ def main() -> None:
     try:
         run(a.out, trainer=a.trainer, per_device=a.per_device, steps=a.steps, fsdp=a.fsdp, output_dir=a.output_dir)
     finally:
-        _shutdown()
+        shutdown()
 
 
 if __name__ == "__main__":
