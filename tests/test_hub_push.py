@@ -214,6 +214,9 @@ def _args(tmp_path: Path, strategy: str, **kwargs) -> TrainingArguments:
         hub_model_id="me/run",
         hub_token=TOKEN,
         hub_strategy=strategy,
+        # Trainer skips a checkpoint's push while the previous one is still uploading; the tests count every
+        # push, so each waits for the one before (otherwise checkpoint-2 is sometimes never pushed).
+        hub_always_push=True,
         report_to=[],
         use_cpu=True,
         disable_tqdm=True,
