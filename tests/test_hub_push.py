@@ -1,9 +1,12 @@
 """Pushing bundles to the Hub, against huggingface_hub with an in-process HTTP transport (no network).
 
-``FakeHub`` answers the endpoints ``create_repo`` and ``upload_folder`` use (``/api/repos/create``,
-``/api/validate-yaml``, ``/api/models/{repo}/preupload/{rev}``, ``/api/models/{repo}/commit/{rev}`` as ndjson)
-and records every request and committed file. Every file is declared "regular" at preupload, so the commit
-carries the bytes (base64) and the test can compare them with the bundle on disk.
+``FakeHub`` answers the endpoints a push uses, as the Hub does: ``/api/repos/create``, ``/api/validate-yaml``
+(the card's metadata must parse as YAML, and its ``model-index`` must have the fields the Hub requires),
+``/api/models/{repo}/preupload/{rev}`` (binary files -- a NUL byte in the sample -- go to LFS, text files are
+"regular"), the LFS batch API with its upload and verify actions, and ``/api/models/{repo}/commit/{rev}``
+(ndjson; regular files as base64, LFS files by their SHA-256, which must have been uploaded and match). It
+records every request and committed file. Xet storage is switched off (its transfers bypass huggingface_hub's
+HTTP client), so binaries take the LFS protocol.
 
 The last test runs against a real Hub only when ``HF_CALIB_TEST_HUB_TOKEN`` and ``HF_CALIB_TEST_HUB_ENDPOINT``
 are set (a staging endpoint and a throw-away namespace); it is skipped otherwise.
@@ -12,6 +15,7 @@ are set (a staging endpoint and a throw-away namespace); it is skipped otherwise
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import os
@@ -22,6 +26,7 @@ import httpx2
 import huggingface_hub
 import pytest
 import torch
+import yaml
 from huggingface_hub.utils._http import default_client_factory
 from test_hub_bundle import VOCAB, batch, lora_bert, lora_llama, tiny_llama
 from transformers import Trainer, TrainingArguments
@@ -34,6 +39,40 @@ TOKEN = "hf_FAKEsecretTOKEN1234567890"
 ENDPOINT = "https://hub.invalid"
 
 
+def card_errors(content: str) -> list[str]:
+    """What the Hub's YAML validation would reject in a card (``README.md`` text) (the fields it requires)."""
+    if not content.startswith("---\n"):
+        return []  # no metadata block
+    front, separator, _ = content[4:].partition("\n---")
+    if not separator:
+        return ["the metadata block is not closed by '---'"]
+    try:
+        data = yaml.safe_load(front)
+    except yaml.YAMLError as err:
+        return [f"invalid YAML: {err}"]
+    if data is None:
+        return []
+    if not isinstance(data, dict):
+        return ["metadata must be a mapping"]
+    errors = []
+    for entry in data.get("model-index") or []:
+        if not isinstance(entry.get("name"), str):
+            errors.append("model-index[].name must be a string")
+        for result in entry.get("results") or []:
+            if not isinstance((result.get("task") or {}).get("type"), str):
+                errors.append("model-index[].results[].task.type is required")
+            dataset = result.get("dataset") or {}
+            if not (isinstance(dataset.get("name"), str) and isinstance(dataset.get("type"), str)):
+                errors.append("model-index[].results[].dataset needs name and type")
+            for metric in result.get("metrics") or []:
+                if not isinstance(metric.get("type"), str) or "value" not in metric:
+                    errors.append("model-index[].results[].metrics[] needs type and value")
+    for key in ("datasets", "tags"):
+        if key in data and not (isinstance(data[key], list) and all(isinstance(x, str) for x in data[key])):
+            errors.append(f"{key} must be a list of strings")
+    return errors
+
+
 class FakeHub:
     """The Hub endpoints of a push, in process; ``commits`` maps each commit to ``{path: bytes}``."""
 
@@ -41,10 +80,16 @@ class FakeHub:
         self.requests: list[tuple[str, str, str | None]] = []  # (method, URL, Authorization header)
         self.created: list[dict] = []
         self.commits: list[dict] = []
+        self.lfs_objects: dict[str, bytes] = {}  # sha256 -> bytes uploaded through LFS
+        #: ``(status, message)`` to answer every request with (an outage, a refused token), or None.
+        self.fail_with: tuple[int, str] | None = None
 
     def __call__(self, request: httpx2.Request) -> httpx2.Response:
         path = request.url.path
         self.requests.append((request.method, str(request.url), request.headers.get("authorization")))
+        if self.fail_with is not None:
+            status, message = self.fail_with
+            return httpx2.Response(status, json={"error": message})
         body = request.read()
         base = f"{request.url.scheme}://{request.url.host}"  # Trainer's own HfApi uses the default endpoint
         if path == "/api/repos/create":
@@ -53,11 +98,44 @@ class FakeHub:
             repo = f"{payload['organization']}/{payload['name']}" if payload["organization"] else payload["name"]
             return httpx2.Response(200, json={"url": f"{base}/{repo}"})
         if path == "/api/validate-yaml":
+            errors = card_errors(json.loads(body)["content"])
+            if errors:
+                return httpx2.Response(400, json={"error": "; ".join(errors)})
             return httpx2.Response(200, json={"errors": [], "warnings": []})
         if "/preupload/" in path:
             files = json.loads(body)["files"]
-            modes = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]
+            modes = [
+                {
+                    "path": f["path"],
+                    "uploadMode": "lfs" if b"\0" in base64.b64decode(f["sample"]) else "regular",
+                    "shouldIgnore": False,
+                }
+                for f in files
+            ]
             return httpx2.Response(200, json={"files": modes})
+        if path.endswith(".git/info/lfs/objects/batch"):
+            objects = [
+                {
+                    "oid": o["oid"],
+                    "size": o["size"],
+                    "actions": {
+                        "upload": {"href": f"{base}/fake-lfs/{o['oid']}"},
+                        "verify": {"href": f"{base}/fake-lfs-verify"},
+                    },
+                }
+                for o in json.loads(body)["objects"]
+            ]
+            return httpx2.Response(200, json={"objects": objects, "transfer": "basic"})
+        if path.startswith("/fake-lfs/") and request.method == "PUT":
+            oid = path.rsplit("/", 1)[1]
+            if hashlib.sha256(body).hexdigest() != oid:
+                return httpx2.Response(400, json={"error": "uploaded bytes do not match the oid"})
+            self.lfs_objects[oid] = body
+            return httpx2.Response(200)
+        if path == "/fake-lfs-verify":
+            info = json.loads(body)
+            ok = info["oid"] in self.lfs_objects and len(self.lfs_objects[info["oid"]]) == info["size"]
+            return httpx2.Response(200 if ok else 404, json={})
         if "/commit/" in path:
             repo = path.split("/api/models/")[1].split("/commit/")[0]
             lines = [json.loads(line) for line in body.splitlines() if line.strip()]
@@ -66,7 +144,12 @@ class FakeHub:
                 for line in lines
                 if line["key"] == "file"
             }
-            self.commits.append({"repo": repo, "message": lines[0]["value"]["summary"], "files": files})
+            lfs = {line["value"]["path"]: line["value"]["oid"] for line in lines if line["key"] == "lfsFile"}
+            missing = [p for p, oid in lfs.items() if oid not in self.lfs_objects]
+            if missing:
+                return httpx2.Response(422, json={"error": f"LFS objects were never uploaded: {missing}"})
+            files.update({p: self.lfs_objects[oid] for p, oid in lfs.items()})
+            self.commits.append({"repo": repo, "message": lines[0]["value"]["summary"], "files": files, "lfs": lfs})
             oid = uuid.uuid4().hex + "0" * 8
             return httpx2.Response(200, json={"commitUrl": f"{base}/{repo}/commit/{oid}", "commitOid": oid})
         return httpx2.Response(404, json={"error": f"no fake endpoint for {request.method} {path}"})
@@ -79,10 +162,17 @@ class FakeHub:
                 content.update(commit["files"])
         return content
 
+    def lfs_files(self, repo: str) -> set[str]:
+        """Paths of ``repo`` committed as LFS pointers."""
+        return {path for commit in self.commits if commit["repo"] == repo for path in commit["lfs"]}
+
 
 @pytest.fixture
 def hub(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # PEFT's save_pretrained: no vocabulary lookup on the Hub
+    # Xet transfers go through hf_xet's own HTTP stack, which no in-process transport can answer: use LFS.
+    for module in (huggingface_hub._commit_api, huggingface_hub.hf_api):
+        monkeypatch.setattr(module, "is_xet_available", lambda: False)
     fake = FakeHub()
     huggingface_hub.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(fake)))
     try:
@@ -128,12 +218,21 @@ def test_push_to_hub_uploads_every_file_of_the_bundle(hub: FakeHub, tmp_path, ca
         assert uploaded[name] == local[name], name
     # Every request was authenticated with the token, which never reached a log line or the terminal.
     to_hub = [(method, url, auth) for method, url, auth in hub.requests if url.startswith(ENDPOINT)]
-    assert [url.removeprefix(ENDPOINT) for _, url, _ in to_hub] == [
+    lfs = {"adapter_model.safetensors", "adue_head.safetensors", "reliability_diagram.png"}
+    assert hub.lfs_files("me/calibrated") == lfs, "binary files go through LFS, as on the Hub"
+    urls = [url.removeprefix(ENDPOINT) for _, url, _ in to_hub]
+    assert urls[:4] == [
         "/api/repos/create",
         "/api/validate-yaml",
         "/api/models/me/calibrated/preupload/main",
-        "/api/models/me/calibrated/commit/main",
+        "/me/calibrated.git/info/lfs/objects/batch",
     ]
+    assert sorted(u for u in urls if u.startswith("/fake-lfs/")) == sorted(
+        f"/fake-lfs/{hashlib.sha256(uploaded[name]).hexdigest()}" for name in lfs
+    )
+    assert urls[-1] == "/api/models/me/calibrated/commit/main"
+    # The LFS storage URLs are the Hub's own here; huggingface_hub sends the token to the Hub endpoints only.
+    to_hub = [r for r in to_hub if not r[1].removeprefix(ENDPOINT).startswith("/fake-lfs")]
     assert all(auth == f"Bearer {TOKEN}" for _, _, auth in to_hub)
     printed = capsys.readouterr()
     assert TOKEN not in caplog.text and TOKEN not in printed.out and TOKEN not in printed.err

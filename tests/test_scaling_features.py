@@ -224,9 +224,9 @@ def test_thermometer_temperature_checks_the_model(llama, tok, tmp_path):
     )
     assert t > 0
     other = _llama(len(tok), hidden=48)
-    with pytest.raises(ValueError, match="different model"):
+    with pytest.raises(ValueError, match="different base model"):
         thermometer_temperature(loaded, other, tok, prompts, show_progress=False)
-    with pytest.raises(ValueError, match="different model"):
+    with pytest.raises(ValueError, match="different base model"):
         Thermometer.from_pretrained(tmp_path, model=other)
     unsaved = Thermometer(ThermometerConfig(input_size=32, hidden_size=4))
     with pytest.raises(ValueError, match="input_size=32"):

@@ -6,9 +6,13 @@ downloaded from the Hub. Every check names the file it is about.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterable
@@ -17,7 +21,9 @@ from typing import Any
 
 MANIFEST_FILE = "calibration.json"
 FORMAT = "hf_calib.calibrated_adapter"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Bundles written before this version record no checksums and are refused.
+MIN_FORMAT_VERSION = 2
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 README_FILE = "README.md"
@@ -58,7 +64,7 @@ def check_safetensors_file(path: Path, folder: Path) -> None:
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
-    """The manifest of ``folder``, checked for format and version."""
+    """The manifest of ``folder``, checked for format, version and the shape of its file table."""
     if not (folder / MANIFEST_FILE).is_file():
         extra = " (it holds a PEFT adapter only)" if (folder / ADAPTER_CONFIG_FILE).is_file() else ""
         raise BundleError(
@@ -69,29 +75,120 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     if manifest.get("format") != FORMAT:
         raise BundleError(f"{folder / MANIFEST_FILE} is not a calibrated adapter manifest (format {FORMAT!r}).")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version > FORMAT_VERSION:
         raise BundleError(
             f"{folder / MANIFEST_FILE} has format_version {version!r}; this hf_calib reads up to {FORMAT_VERSION}. "
             "Upgrade hf_calib."
         )
-    if not isinstance(manifest.get("files"), list) or not all(isinstance(f, str) for f in manifest["files"]):
+    if version < MIN_FORMAT_VERSION:
+        raise BundleError(
+            f"{folder / MANIFEST_FILE} has format_version {version}, written before bundles recorded checksums, so "
+            "its files cannot be verified. Save the bundle again with this hf_calib."
+        )
+    files = manifest.get("files")
+    if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
         raise BundleError(f"{folder / MANIFEST_FILE} is corrupted: 'files' must be a list of file names.")
+    for name in files:
+        check_member_name(folder, name)
+    checksums = manifest.get("checksums")
+    if not isinstance(checksums, dict) or set(checksums) != set(files):
+        raise BundleError(
+            f"{folder / MANIFEST_FILE} is corrupted: 'checksums' must give the SHA-256 and size of every listed file."
+        )
+    for name in files:
+        entry = checksums[name]
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("sha256"), str)
+            or not re.fullmatch(r"[0-9a-f]{64}", entry["sha256"])
+            or isinstance(entry.get("size"), bool)
+            or not isinstance(entry.get("size"), int)
+            or entry["size"] < 0
+        ):
+            raise BundleError(
+                f"{folder / MANIFEST_FILE} is corrupted: the checksum of {name} must be "
+                '{"sha256": <64 hex digits>, "size": <bytes>}.'
+            )
     return manifest
 
 
-def check_bundle_files(folder: Path, files: Iterable[str]) -> None:
-    """Every listed file exists (else the first missing one is named) and JSON / safetensors files parse."""
+def check_member_name(folder: Path, name: str) -> None:
+    """Refuse a listed file name that leaves the folder, is hidden, or is not a plain relative path."""
+    parts = Path(name).parts
+    if (
+        not parts
+        or Path(name).is_absolute()
+        or "\\" in name
+        or any(part in ("..", ".") or part.startswith(".") for part in parts)
+        or name != Path(name).as_posix()
+    ):
+        raise BundleError(
+            f"{folder / MANIFEST_FILE} lists {name!r}, which is not a plain file path inside the bundle folder "
+            "(no '..', no absolute path, no hidden file)."
+        )
     root = folder.resolve()
-    for name in files:
-        path = (folder / name).resolve()
-        if root not in path.parents:
-            raise BundleError(f"{folder / MANIFEST_FILE} lists {name!r}, which is outside the bundle folder.")
+    if root not in (folder / name).resolve().parents:
+        raise BundleError(f"{folder / MANIFEST_FILE} lists {name!r}, which is outside the bundle folder.")
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a file, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_checksums(folder: Path, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """``{name: {"sha256": hex, "size": bytes}}`` of the files ``names`` of ``folder``."""
+    return {name: {"sha256": sha256_of(folder / name), "size": (folder / name).stat().st_size} for name in names}
+
+
+def verify_checksums(folder: Path, manifest: dict[str, Any]) -> None:
+    """Every listed file exists with the recorded size and SHA-256; else :class:`BundleError` naming it."""
+    for name in manifest["files"]:
+        path = folder / name
         if not path.is_file():
             raise BundleError(f"the bundle in {folder} is incomplete: {name} is missing. Save or download it again.")
+        expected = manifest["checksums"][name]
+        size = path.stat().st_size
+        digest = sha256_of(path) if size == expected["size"] else None
+        if size != expected["size"] or digest != expected["sha256"]:
+            found = f"{size} bytes" if digest is None else f"SHA-256 {digest[:16]}..., {size} bytes"
+            raise BundleError(
+                f"the bundle in {folder} is corrupted: {name} does not match its checksum (expected SHA-256 "
+                f"{expected['sha256'][:16]}..., {expected['size']} bytes; found {found}). It was changed or damaged "
+                "after saving: save or download the bundle again."
+            )
+
+
+def check_bundle_files(folder: Path, manifest: dict[str, Any]) -> None:
+    """Checksums match (:func:`verify_checksums`), then JSON files parse and safetensors headers are valid."""
+    verify_checksums(folder, manifest)
+    for name in manifest["files"]:
         if name.endswith(".json"):
             read_json_file(folder / name, folder)
         elif name.endswith(".safetensors"):
             check_safetensors_file(folder / name, folder)
+
+
+def check_finite_tensors(folder: Path, names: Iterable[str]) -> None:
+    """Every tensor of the safetensors files ``names`` holds finite values; else :class:`BundleError` naming it."""
+    import torch
+    from safetensors import safe_open
+
+    for name in names:
+        if not name.endswith(".safetensors"):
+            continue
+        with safe_open(str(folder / name), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+                tensor = handle.get_tensor(key)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    raise BundleError(
+                        f"the bundle in {folder} holds non-finite values (NaN or inf) in tensor {key!r} of {name}; "
+                        "the model it was saved from had diverged. Fix the training and save it again."
+                    )
 
 
 def list_files(folder: Path) -> list[str]:
@@ -100,14 +197,114 @@ def list_files(folder: Path) -> list[str]:
 
 
 def write_json_file(path: Path, content: dict[str, Any]) -> None:
+    """Write ``content`` as indented JSON through a temporary file and a rename (never a half-written file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    text = json.dumps(content, indent=2, sort_keys=True) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, default_mode(False))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def default_mode(directory: bool) -> int:
+    """The permissions a normally created file (0o666) or folder (0o777) gets under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+def finalize_tree(folder: Path) -> None:
+    """Give ``folder`` and everything in it the usual permissions and flush its files to disk.
+
+    Temporary files and folders are created private (0600 / 0700); a saved bundle gets what
+    ``save_pretrained`` gives (0644 / 0755 under the usual umask 022).
+    """
+    file_mode, dir_mode = default_mode(False), default_mode(True)
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            os.chmod(path, dir_mode)
+        else:
+            os.chmod(path, file_mode)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _leftover_pattern(target: Path) -> re.Pattern[str]:
+    # .{name}.{pid}.{random}.tmp (a staging folder) and .{name}.{pid}.old-{random} (an old bundle set aside)
+    return re.compile(rf"^\.{re.escape(target.name)}\.(\d+)\.(?:[^/]+\.tmp|old-[0-9a-f]+)$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    except OverflowError:
+        return False
+    return True
+
+
+def _dead_leftovers(target: Path) -> list[tuple[Path, bool]]:
+    """``(folder, is_set_aside)`` for the leftovers of ``target``'s saves whose process has died."""
+    if not target.parent.is_dir():
+        return []
+    pattern, found = _leftover_pattern(target), []
+    for entry in sorted(target.parent.iterdir()):
+        match = pattern.match(entry.name)
+        if match and entry.is_dir() and not entry.is_symlink():
+            pid = int(match.group(1))
+            if pid != os.getpid() and not _alive(pid):
+                found.append((entry, ".old-" in entry.name))
+    return found
+
+
+def recoverable(target: Path) -> Path | None:
+    """The earlier bundle a killed save set aside, when ``target`` itself is missing (see :func:`swap_in`)."""
+    if target.exists():
+        return None
+    for folder, aside in _dead_leftovers(target):
+        if aside and (folder / MANIFEST_FILE).is_file():
+            return folder
+    return None
+
+
+def clean_leftovers(target: Path) -> list[Path]:
+    """Tidy up after saves of ``target`` whose process died; returns the folders removed.
+
+    An earlier bundle set aside by a save killed before it could move the new one in is moved back to
+    ``target`` (when ``target`` is missing); every other staging or set-aside folder is deleted. Folders of
+    saves still running (their process id is alive, this process's included) are kept.
+    """
+    restore = recoverable(target)
+    if restore is not None:
+        os.replace(restore, target)
+    removed = []
+    for folder, _ in _dead_leftovers(target):
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
 
 
 def staging_folder(target: Path) -> Path:
-    """A new empty sibling folder of ``target`` to build a bundle in (same file system, so renames are atomic)."""
+    """A new empty sibling folder of ``target`` to build a bundle in (same file system, so renames are atomic).
+
+    Leftovers of earlier saves of ``target`` that were killed are removed first (:func:`clean_leftovers`).
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    clean_leftovers(target)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
 
 
 def check_replaceable(target: Path) -> None:
@@ -121,23 +318,65 @@ def check_replaceable(target: Path) -> None:
         )
 
 
-def swap_in(staged: Path, target: Path) -> None:
-    """Move the finished ``staged`` folder to ``target``; an earlier bundle there is replaced as a whole.
+def _libc() -> Any:
+    import ctypes
+    import ctypes.util
 
-    The old folder is renamed aside first and deleted only once the new one is in place, so an interruption
-    leaves either the old bundle, or the old one aside plus the new one complete, never a half-written bundle.
+    return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
+def exchange(first: Path, second: Path) -> bool:
+    """Atomically swap two existing paths (Linux ``renameat2(RENAME_EXCHANGE)``, macOS ``renamex_np(RENAME_SWAP)``).
+
+    Returns False, having changed nothing, where the system or file system cannot do it.
     """
-    if target.exists():
-        aside = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(target, aside)
-        try:
-            os.replace(staged, target)
-        except BaseException:
-            os.replace(aside, target)
-            raise
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
+    import ctypes
+
+    try:
+        libc = _libc()
+        if sys.platform.startswith("linux") and hasattr(libc, "renameat2"):
+            at_fdcwd, rename_exchange = -100, 2
+            result = libc.renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange)
+        elif sys.platform == "darwin" and hasattr(libc, "renamex_np"):
+            rename_swap = 2
+            result = libc.renamex_np(os.fsencode(first), os.fsencode(second), rename_swap)
+        else:
+            return False
+    except OSError:
+        return False
+    if result == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(error, os.strerror(error), str(first), None, str(second))
+
+
+def swap_in(staged: Path, target: Path) -> None:
+    """Move the finished ``staged`` folder to ``target``; an earlier folder there is replaced as a whole.
+
+    With an earlier folder at ``target`` the two are exchanged in one atomic step where the system allows it
+    (Linux, macOS), so ``target`` always holds a complete folder, old or new, whenever the process dies; the
+    old one, now at ``staged``, is deleted afterwards (or by the next save if the process dies first). Where
+    no atomic exchange exists, the old folder is renamed aside first and the new one renamed in: a process
+    killed between those two renames leaves no folder at ``target`` (the old one stays aside, named
+    ``.{name}.{pid}.old-*``, until the next save deletes it).
+    """
+    os.chmod(staged, default_mode(True))  # mkdtemp made it private
+    if not target.exists():
         os.replace(staged, target)
+        return
+    if exchange(staged, target):
+        shutil.rmtree(staged, ignore_errors=True)
+        return
+    aside = target.parent / f".{target.name}.{os.getpid()}.old-{uuid.uuid4().hex[:8]}"
+    os.replace(target, aside)
+    try:
+        os.replace(staged, target)
+    except BaseException:
+        os.replace(aside, target)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def copy_into(source: Path, destination: Path, names: Iterable[str]) -> None:
@@ -149,6 +388,7 @@ def copy_into(source: Path, destination: Path, names: Iterable[str]) -> None:
         os.close(fd)
         try:
             shutil.copyfile(source / name, tmp)
+            os.chmod(tmp, default_mode(False))
             os.replace(tmp, final)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -167,6 +407,11 @@ def resolve_folder(
     local = Path(path_or_repo_id).expanduser()
     if local.is_dir():
         return local
+    aside = recoverable(local)
+    if aside is not None:
+        # A save was killed between moving the old bundle aside and moving the new one in (only where the
+        # system has no atomic exchange); the old bundle is intact there, and the next save moves it back.
+        return aside
     text = str(path_or_repo_id)
     if local.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1:
         raise FileNotFoundError(f"{text!r} is not a bundle folder (and not a Hub repository id 'owner/name').")

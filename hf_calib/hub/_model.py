@@ -60,23 +60,26 @@ def last_attended(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> 
 
 def load_base_model(
     path: str | os.PathLike[str],
-    manifest: dict[str, Any],
+    fingerprint: dict[str, Any],
     task: str,
     *,
-    what: str,
     token: str | bool | None,
     dtype: torch.dtype | None,
+    **checks: Any,
 ) -> nn.Module:
-    """Check the config at ``path`` against the fingerprint, then load the weights (safetensors, no remote code)."""
+    """Check the config at ``path`` against ``fingerprint``, then load the weights (safetensors, no remote code).
+
+    ``checks`` go to :func:`check_fingerprint` (``what``, ``require``, ``ignore_mismatch``); the weights sample is
+    compared by the caller, once the model is loaded.
+    """
     import transformers
 
-    fingerprint = manifest.get("base_model") or {}
     extra: dict[str, Any] = {}
     if task == "sequence_classification" and fingerprint.get("num_labels"):
         extra["num_labels"] = fingerprint["num_labels"]
     config = transformers.AutoConfig.from_pretrained(str(path), token=token, trust_remote_code=False, **extra)
     auto = getattr(transformers, AUTO_CLASSES[task])
-    check_fingerprint(fingerprint, config, what=what)
+    check_fingerprint(fingerprint, config, **checks)
     return auto.from_pretrained(
         str(path), config=config, token=token, trust_remote_code=False, use_safetensors=True, dtype=dtype
     )

@@ -40,7 +40,10 @@ from ._files import (
     README_FILE,
     BundleError,
     check_bundle_files,
+    check_finite_tensors,
     check_replaceable,
+    file_checksums,
+    finalize_tree,
     list_files,
     read_manifest,
     resolve_folder,
@@ -157,13 +160,14 @@ class CalibratedAdapter(nn.Module):
         return outputs
 
     # ------------------------------------------------------------------ saving
-    def manifest(self, files: list[str]) -> dict[str, Any]:
-        """The ``calibration.json`` content for a bundle holding ``files``."""
+    def manifest(self, files: list[str], checksums: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The ``calibration.json`` content for a bundle holding ``files`` (with their ``checksums``)."""
         components: dict[str, Any] = {"temperature": None, "thermometer": None, "adue": None}
         if self.temperature_scaler is not None:
             components["temperature"] = {
                 "file": f"{CALIBRATION_DIR}/temperature.json",
                 "value": self.temperature_scaler.temperature,
+                "at_bound": getattr(self.temperature_scaler, "at_bound", None),
             }
         if self.thermometer is not None:
             components["thermometer"] = {"folder": CALIBRATION_DIR}
@@ -174,13 +178,14 @@ class CalibratedAdapter(nn.Module):
             "format_version": FORMAT_VERSION,
             "hf_calib_version": __version__,
             "task": self.task,
-            "base_model": model_fingerprint(self.model),
+            "base_model": model_fingerprint(self.model, weights=True),
             "label_smoothing": self.label_smoothing,
             "components": components,
             "report": None if self.report is None else self.report.to_dict(),
             "reliability_diagram": DIAGRAM_FILE if DIAGRAM_FILE in files else None,
             "card": self.card.to_dict(),
             "files": files,
+            "checksums": checksums if checksums is not None else {},
         }
 
     def _card_info(self) -> CardInfo:
@@ -204,17 +209,17 @@ class CalibratedAdapter(nn.Module):
             adue=self.has_uncertainty,
             report=self.report,
             diagram=diagram,
+            temperature_at_bound=getattr(self.temperature_scaler, "at_bound", None),
         )
 
-    def write_files(
-        self, folder: str | os.PathLike[str], *, adapter: bool = True, repo_id: str | None = None
-    ) -> list[str]:
-        """Write the bundle into the empty folder ``folder``; returns the files written (relative paths).
+    def write_components(self, folder: str | os.PathLike[str], *, adapter: bool = True) -> list[str]:
+        """Write the adapter (unless ``adapter=False``), calibrators, head and diagram into ``folder``.
 
-        With ``adapter=False`` the PEFT files are not written (a Trainer writes them itself) but are still listed
-        in the manifest as required. Prefer :meth:`save_pretrained`, which writes atomically.
+        Returns the bundle's files (relative paths, sorted), the PEFT files included even when a Trainer writes
+        them itself. Refuses non-finite weights. The manifest and card are written by :meth:`write_manifest`.
         """
         folder = Path(folder)
+        self.check_finite()
         if adapter:
             # PEFT writes adapter_config.json, adapter_model.safetensors and its own README (replaced below);
             # a PEFT model with an AdUE head also writes the head (attach_adue_head extends save_pretrained).
@@ -231,23 +236,70 @@ class CalibratedAdapter(nn.Module):
             self.report.save_diagram(folder / DIAGRAM_FILE)
         (folder / README_FILE).unlink(missing_ok=True)
         files = set(list_files(folder)) | {ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE}
-        files = sorted(name for name in files if not Path(name).name.startswith("."))
-        write_json_file(folder / MANIFEST_FILE, self.manifest(files))
+        return sorted(
+            name
+            for name in files
+            if name not in (MANIFEST_FILE, README_FILE) and not any(p.startswith(".") for p in Path(name).parts)
+        )
+
+    def write_manifest(
+        self, folder: str | os.PathLike[str], files: list[str], *, repo_id: str | None = None
+    ) -> list[str]:
+        """Hash ``files`` of ``folder`` into ``calibration.json``, then write the card; returns every bundle file.
+
+        Every listed file must exist in ``folder``. The manifest is written atomically, after the files it
+        describes, so a folder never holds a manifest whose files it lacks.
+        """
+        folder = Path(folder)
+        missing = [name for name in files if not (folder / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"cannot write the manifest in {folder}: {', '.join(missing)} missing.")
+        manifest = self.manifest(files, file_checksums(folder, files))
+        write_json_file(folder / MANIFEST_FILE, manifest)
         self.model_card(repo_id, diagram=DIAGRAM_FILE in files).save(folder / README_FILE)
         return [*files, MANIFEST_FILE, README_FILE]
+
+    def write_files(self, folder: str | os.PathLike[str], *, repo_id: str | None = None) -> list[str]:
+        """Write the whole bundle into the empty folder ``folder``; returns the files written (relative paths).
+
+        Prefer :meth:`save_pretrained`, which writes atomically.
+        """
+        files = self.write_components(folder)
+        return self.write_manifest(folder, files, repo_id=repo_id)
+
+    def check_finite(self) -> None:
+        """Refuse to save adapter, head or Thermometer weights holding NaN or inf (a diverged run)."""
+        from peft import get_peft_model_state_dict
+
+        tensors = [(f"adapter tensor {k}", v) for k, v in get_peft_model_state_dict(self.model).items()]
+        if self.has_uncertainty:
+            from ..adue import get_adue_head
+
+            tensors += [(f"AdUE head tensor {k}", v) for k, v in get_adue_head(self.model).state_dict().items()]
+        if self.thermometer is not None:
+            tensors += [(f"Thermometer tensor {k}", v) for k, v in self.thermometer.state_dict().items()]
+        for what, tensor in tensors:
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise ValueError(
+                    f"the {what} holds NaN or inf values (the training diverged); nothing was saved. "
+                    "Lower the learning rate or check the data, then train again."
+                )
 
     def save_pretrained(self, directory: str | os.PathLike[str], *, repo_id: str | None = None) -> Path:
         """Write the bundle to ``directory`` atomically and return its path.
 
-        Everything is written into a temporary sibling folder that is renamed to ``directory`` at the end, so an
-        interrupted save leaves no half-written bundle; an earlier bundle at ``directory`` is replaced as a whole.
-        ``directory`` must be missing, empty, or an earlier bundle. ``repo_id`` only fills the card's example.
+        Everything is written into a temporary sibling folder, flushed to disk and then exchanged with
+        ``directory`` in one atomic step, so ``directory`` holds the old bundle or the new one, complete, however
+        the process ends (see :func:`hf_calib.hub._files.swap_in`); leftovers of killed saves are deleted by the
+        next save. ``directory`` must be missing, empty, or an earlier bundle. ``repo_id`` only fills the card's
+        example. Files get the usual permissions (0644, folders 0755 under umask 022).
         """
         target = Path(directory).expanduser()
         check_replaceable(target)
         staged = staging_folder(target)
         try:
             self.write_files(staged, repo_id=repo_id)
+            finalize_tree(staged)
             swap_in(staged, target)
         except BaseException:
             shutil.rmtree(staged, ignore_errors=True)
@@ -297,19 +349,35 @@ class CalibratedAdapter(nn.Module):
         endpoint: str | None = None,
         dtype: torch.dtype | None = None,
         is_trainable: bool = False,
+        allow_base_model_mismatch: bool = False,
     ) -> CalibratedAdapter:
         """Load a bundle onto ``base_model`` (a loaded transformers model, or its local path / Hub id).
 
-        Order, so that nothing is loaded from a bundle that does not fit: the manifest is read, every file it
-        lists is checked to exist and to parse (JSON; safetensors headers), the base model's config is compared
-        with the saved fingerprint (architecture, model type, hidden size, vocabulary, label count), and only
-        then are weights read: the base model's (when given as a path or id: safetensors only, no remote code),
-        the adapter's, the calibrators'. A Hub download (``revision``, ``token``, ``cache_dir``, ``endpoint`` as in
+        Order, so that nothing is used from a bundle that does not fit (``docs/hub.md``, "What is checked when a
+        bundle loads"):
+
+        1. the manifest is read and every file it lists is verified against its recorded size and SHA-256, then
+           JSON files are parsed and safetensors headers checked;
+        2. every tensor of the bundle's safetensors files must be finite;
+        3. the base model is checked against the recorded fingerprint: its config first (architecture, model
+           type, every shape-defining field) -- before its weights are read when it is given as a path or id --
+           then a sample of its weights (any of float32 / bfloat16 / float16 matches; a quantized base is checked
+           on its config only, with a warning);
+        4. only then are the adapter and the calibrators loaded (their own configs checked against their headers).
+
+        A Hub download (``revision``, ``token``, ``cache_dir``, ``endpoint`` as in
         ``huggingface_hub.snapshot_download``) fetches ``*.json``, ``*.safetensors``, ``*.png`` and the README only.
 
+        Args:
+            allow_base_model_mismatch: load even when the base model differs from the recorded fingerprint, or the
+                manifest records none; every difference is then reported in a warning instead of an error. For
+                users who know the calibration still applies (e.g. a re-saved copy of the same weights in a
+                format the check cannot read); the calibrated probabilities are otherwise wrong.
+
         Raises:
-            BundleError (a ``ValueError``): missing or corrupted file (named), not a bundle, newer format.
-            ValueError: the base model does not match the bundle's fingerprint.
+            BundleError (a ``ValueError``): missing, changed or corrupted file (named, expected vs found), non-finite
+                tensor, not a bundle, newer format, bundle from before checksums were recorded.
+            ValueError: the base model does not match the bundle's fingerprint (what differs is named).
         """
         from peft import PeftModel
 
@@ -317,23 +385,27 @@ class CalibratedAdapter(nn.Module):
 
         folder = resolve_folder(path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir, endpoint=endpoint)
         manifest = read_manifest(folder)
-        check_bundle_files(folder, manifest["files"])
+        check_bundle_files(folder, manifest)
+        check_finite_tensors(folder, manifest["files"])
         task = manifest.get("task")
         if task not in AUTO_CLASSES:
             raise BundleError(
                 f"{folder / MANIFEST_FILE} has an unknown task {task!r}; expected one of {list(AUTO_CLASSES)}."
             )
+        fingerprint = manifest.get("base_model")
+        if fingerprint is not None and not isinstance(fingerprint, dict):
+            raise BundleError(f"{folder / MANIFEST_FILE} is corrupted: 'base_model' must be a JSON object.")
         what = f"The calibrated adapter in {folder}"
+        checks = {"what": what, "require": True, "ignore_mismatch": allow_base_model_mismatch}
         if isinstance(base_model, str | os.PathLike):
-            base_model = load_base_model(base_model, manifest, task, what=what, token=token, dtype=dtype)
+            base_model = load_base_model(base_model, fingerprint or {}, task, token=token, dtype=dtype, **checks)
         elif is_peft(base_model):
             raise TypeError("base_model must be the model without adapter; got a PEFT model (use .get_base_model()).")
         elif not isinstance(base_model, nn.Module) or not hasattr(base_model, "config"):
             raise TypeError(
                 f"base_model must be a transformers model or its path / Hub id; got {type(base_model).__name__}."
             )
-        else:
-            check_fingerprint(manifest.get("base_model"), base_model, what=what)
+        check_fingerprint(fingerprint, base_model, **checks)
         model = PeftModel.from_pretrained(base_model, str(folder), is_trainable=is_trainable)
         components = manifest.get("components") or {}
         temperature = thermometer = None

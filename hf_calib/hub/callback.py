@@ -30,7 +30,7 @@ from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ._files import README_FILE, copy_into
+from ._files import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, MANIFEST_FILE, README_FILE, copy_into
 from ._model import is_peft
 from .bundle import CalibratedAdapter
 from .card import CardInfo
@@ -103,6 +103,7 @@ class CalibratedAdapterCallback(TrainerCallback):
         self.token_calibration = token_calibration
         #: Folders the bundle files were last written to (for inspection and tests).
         self.written: list[Path] = []
+        self._files: list[str] = []  # the bundle's files (adapter included) at the last write
 
     # ------------------------------------------------------------------ building
     def _report(self) -> CalibrationReport | None:
@@ -139,23 +140,39 @@ class CalibratedAdapterCallback(TrainerCallback):
         )
 
     def write_bundle_files(
-        self, model: nn.Module | None, args: TrainingArguments, folders: list[Path], repo_id: str | None = None
+        self,
+        model: nn.Module | None,
+        args: TrainingArguments,
+        folders: list[Path],
+        repo_id: str | None = None,
+        adapter_source: Path | None = None,
     ) -> list[str]:
-        """Write the bundle's files except the adapter's into each of ``folders``; returns their names."""
+        """Write the bundle's files except the adapter's into each of ``folders``; returns their names.
+
+        The manifest records the checksums of the adapter files in ``adapter_source`` (the checkpoint Trainer
+        copies them from) when it holds them, else of the adapter as PEFT saves it now (what Trainer's
+        ``save_model`` writes next). It is copied last, after the files it describes.
+        """
         bundle = self.build(model, args)
         if bundle is None or not folders:
             return []
         # Staged outside output_dir, so nothing half-written there can ride along with an upload.
         staged = Path(tempfile.mkdtemp(prefix="hf_calib_bundle_"))
         try:
-            names = bundle.write_files(staged, adapter=False, repo_id=repo_id)
-            present = [name for name in names if (staged / name).is_file()]
+            files = bundle.write_components(staged)
+            adapter_files = [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE]
+            if adapter_source is not None and all((adapter_source / name).is_file() for name in adapter_files):
+                copy_into(adapter_source, staged, adapter_files)
+            names = bundle.write_manifest(staged, files, repo_id=repo_id)
+            own = [name for name in names if name not in adapter_files and (staged / name).is_file()]
+            own.sort(key=lambda name: name == MANIFEST_FILE)  # the manifest last
             for folder in folders:
-                copy_into(staged, folder, present)
+                copy_into(staged, folder, own)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
         self.written = list(folders)
-        return present
+        self._files = files
+        return own
 
     # ------------------------------------------------------------------ Trainer events
     def on_push_begin(
@@ -169,7 +186,10 @@ class CalibratedAdapterCallback(TrainerCallback):
         checkpoint = output_dir / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if checkpoint.is_dir():  # the checkpoint Trainer just saved (uploaded too by the checkpoint strategies)
             folders.append(checkpoint)
-        self.write_bundle_files(kwargs.get("model"), args, folders, repo_id=args.hub_model_id or output_dir.name)
+        source = checkpoint if checkpoint.is_dir() else None
+        self.write_bundle_files(
+            kwargs.get("model"), args, folders, repo_id=args.hub_model_id or output_dir.name, adapter_source=source
+        )
 
     # ------------------------------------------------------------------ the final push
     def write_model_card(self, trainer: Trainer, **card_kwargs: Any) -> bool:
@@ -195,8 +215,14 @@ class CalibratedAdapterCallback(TrainerCallback):
         repo_id = (
             getattr(trainer, "hub_model_id", None) or trainer.args.hub_model_id or Path(trainer.args.output_dir).name
         )
-        diagram = (Path(trainer.args.output_dir) / "reliability_diagram.png").is_file()
-        bundle.model_card(repo_id, diagram=diagram).save(os.path.join(trainer.args.output_dir, README_FILE))
+        output_dir = Path(trainer.args.output_dir)
+        files = [name for name in self._files if (output_dir / name).is_file()]
+        if self._files and len(files) == len(self._files):
+            # Trainer has just saved the adapter: record the checksums of the files it uploads, and the card.
+            bundle.write_manifest(output_dir, files, repo_id=repo_id)
+        else:
+            diagram = (output_dir / "reliability_diagram.png").is_file()
+            bundle.model_card(repo_id, diagram=diagram).save(os.path.join(output_dir, README_FILE))
         return True
 
     def push_to_hub(self, trainer: Trainer, **kwargs: Any) -> Any:

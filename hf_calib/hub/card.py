@@ -135,6 +135,7 @@ def build_model_card(
     adue: bool,
     report: CalibrationReport | None,
     diagram: bool,
+    temperature_at_bound: str | None = None,
 ) -> ModelCard:
     """Build the card of a bundle (see the module docstring); ``adapter`` is the PEFT ``adapter_config.json``."""
     model_name = info.model_name or (repo_id.split("/")[-1] if repo_id else "calibrated-adapter")
@@ -205,8 +206,9 @@ def build_model_card(
         + ("\noutputs.uncertainty  # [batch], in (0, 1)" if adue else ""),
         "```",
         "",
-        "Loading checks the base model against the fingerprint in `calibration.json` (architecture, hidden size, "
-        "vocabulary) before any weight is read, and reads only JSON and safetensors files. The adapter alone also "
+        "Loading verifies the SHA-256 of every file listed in `calibration.json`, refuses non-finite weights, and "
+        "checks the base model against the recorded fingerprint (architecture, every shape-defining config field "
+        "and a sample of the base weights), reading only JSON and safetensors files. The adapter alone also "
         "loads with `peft.PeftModel.from_pretrained(base, ...)`, without the calibration.",
         "",
         "## Calibration",
@@ -217,6 +219,12 @@ def build_model_card(
             f"- **Temperature scaling**: probabilities are `softmax(logits / T)` with T = {temperature:.4g}, "
             "fitted by minimising the NLL on held-out labelled data; predictions (the argmax) are unchanged."
         )
+        if temperature_at_bound:
+            lines.append(
+                f"  **Caution:** the fit stopped at the {'lowest' if temperature_at_bound == 'min' else 'highest'} "
+                "temperature it allows, so T is a bound, not an optimum (typically perfectly separable or "
+                "degenerate held-out data); treat the calibrated probabilities with care."
+            )
     if thermometer:
         lines.append(
             "- **Thermometer**: a small network maps the last hidden state at each input's last token to an inverse "
