@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from scipy.optimize import minimize_scalar
 
 from hf_calib.scaling import TemperatureScaler, fit_temperature
+from hf_calib.scaling.temperature import TemperatureAtBoundWarning
 
 
 @pytest.fixture(autouse=True)
@@ -88,11 +89,13 @@ def test_scale_and_predict_proba_keep_argmax():
 def test_separable_data_gives_smallest_allowed_positive_temperature():
     z = torch.tensor([[5.0, 0.0], [0.0, 5.0], [4.0, -1.0]])
     y = torch.tensor([0, 1, 0])
-    t = fit_temperature(z, y)
-    # NLL -> 0 as T -> 0; the search stops once the NLL is flat, always at a positive temperature.
-    assert 1e-2 <= t < 0.5
+    # NLL -> 0 as T -> 0: the constrained minimum is min_temperature, returned with a warning.
+    with pytest.warns(TemperatureAtBoundWarning, match="min_temperature"):
+        t = fit_temperature(z, y)
+    assert t == 1e-2
     assert F.cross_entropy(z / t, y) < 1e-6
-    assert fit_temperature(z, y, min_temperature=0.5) == pytest.approx(0.5, rel=1e-6)
+    with pytest.warns(TemperatureAtBoundWarning, match="min_temperature"):
+        assert fit_temperature(z, y, min_temperature=0.5) == pytest.approx(0.5, rel=1e-6)
 
 
 def test_uniform_logits_any_temperature_is_optimal_and_positive():
@@ -115,7 +118,7 @@ def test_save_load_round_trip_with_fingerprint(tmp_path):
     assert loaded.temperature == scaler.temperature
     assert TemperatureScaler.from_pretrained(tmp_path / "adapter").temperature == scaler.temperature
     other = LlamaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
-    with pytest.raises(ValueError, match="different model.*hidden_size"):
+    with pytest.raises(ValueError, match="different (base )?model.*hidden_size"):
         TemperatureScaler.from_pretrained(tmp_path / "adapter", model=other)
 
 

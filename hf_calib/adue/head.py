@@ -12,6 +12,7 @@ so at initialisation U is the normalised softmax response ``(1 - max p) / (1 - 1
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -25,8 +26,8 @@ U_EPS = 1e-8
 
 def smoothmax(probs: torch.Tensor, smoothmax_lambda: float = 100.0) -> torch.Tensor:
     """``(1 / lambda) * logsumexp(lambda * probs, dim=-1)``: a smooth maximum over the last dimension."""
-    if smoothmax_lambda <= 0:
-        raise ValueError(f"smoothmax_lambda must be positive; got {smoothmax_lambda}.")
+    if not (math.isfinite(smoothmax_lambda) and smoothmax_lambda > 0):
+        raise ValueError(f"smoothmax_lambda must be a finite number > 0; got {smoothmax_lambda}.")
     return torch.logsumexp(probs * smoothmax_lambda, dim=-1) / smoothmax_lambda
 
 
@@ -83,8 +84,8 @@ class AdUEHead(nn.Module):
             raise ValueError(f"kind must be one of {HEAD_KINDS}; got {kind!r}.")
         if num_labels < 2:
             raise ValueError(f"num_labels must be at least 2; got {num_labels}.")
-        if smoothmax_lambda <= 0:
-            raise ValueError(f"smoothmax_lambda must be positive; got {smoothmax_lambda}.")
+        if not (math.isfinite(smoothmax_lambda) and smoothmax_lambda > 0):
+            raise ValueError(f"smoothmax_lambda must be a finite number > 0; got {smoothmax_lambda}.")
         if (kind == "verbaliser") != (verbaliser_token_ids is not None):
             raise ValueError("verbaliser_token_ids must be given exactly when kind='verbaliser'.")
         self.head = head

@@ -34,7 +34,16 @@ from torch import nn
 
 from .._fingerprint import check_fingerprint, model_fingerprint
 from ._checks import check_features, scale_logits
-from ._io import read_json, write_atomic, write_json
+from ._io import (
+    FLOAT_DTYPES,
+    TORCH_DTYPES,
+    check_finite_tensors,
+    check_header,
+    read_json,
+    read_safetensors_header,
+    write_atomic,
+    write_json,
+)
 
 WEIGHTS_FILE = "thermometer.safetensors"
 CONFIG_FILE = "thermometer_config.json"
@@ -165,49 +174,159 @@ class Thermometer(nn.Module):
 
     @torch.no_grad()
     def predict_temperature(self, features: torch.Tensor) -> float:
-        """The task temperature ``T = 1 / mean_i beta_i`` of a task's unlabelled features [N, d]; always > 0."""
+        """The task temperature ``T = 1 / mean_i beta_i`` of a task's unlabelled features [N, d].
+
+        Always a finite float > 0: the mean inverse temperature is clamped below at ``1e-12`` (so ``T`` is at
+        most ``1e12`` when every softplus output underflows to 0). Raises ``ValueError`` instead of returning
+        NaN or inf: for features holding NaN or inf, and when the network's output is not finite (NaN or inf
+        weights, or an overflow).
+        """
         training = self.training
         self.eval()
         try:
-            beta = self(features).double().mean()
+            beta = self(features)  # check_features refuses non-finite features, naming the first bad row
         finally:
             self.train(training)
-        return 1.0 / max(float(beta), _MIN_INVERSE_TEMPERATURE)
+        if not bool(torch.isfinite(beta).all()):
+            rows = (~torch.isfinite(beta)).nonzero().flatten()
+            bad = [name for name, p in self.state_dict().items() if not bool(torch.isfinite(p).all())]
+            cause = f"its tensor(s) {bad} hold NaN or inf" if bad else "the network overflowed on these features"
+            raise ValueError(
+                f"the Thermometer's inverse temperature is not finite for {len(rows)} of {beta.shape[0]} "
+                f"example(s) (first in row {int(rows[0])}): {cause}; no temperature can be predicted."
+            )
+        mean = float(beta.double().mean())
+        temperature = 1.0 / max(mean, _MIN_INVERSE_TEMPERATURE)
+        if not (math.isfinite(temperature) and temperature > 0):  # unreachable for finite beta >= 0; kept as a guard
+            raise ValueError(f"the Thermometer predicted a temperature of {temperature!r}, not a finite float > 0.")
+        return temperature
 
     # ------------------------------------------------------------------------------------------ saving
     def save_pretrained(self, directory: str | os.PathLike[str], model: Any = None) -> Path:
         """Write ``thermometer.safetensors`` and ``thermometer_config.json`` into ``directory``.
 
         With ``model`` (the LLM whose features it reads) its fingerprint is recorded, and
-        :meth:`from_pretrained` then refuses another model. Each file is written atomically.
+        :meth:`from_pretrained` then refuses another model. Each file is written atomically. Weights holding
+        NaN or inf are refused (``ValueError``) before anything is written.
         """
-        if model is not None:
-            self.model_fingerprint = model_fingerprint(model)
         directory = Path(directory)
         tensors = {name: p.detach().cpu().contiguous() for name, p in self.state_dict().items()}
+        check_finite_tensors(tensors, f"Thermometer.save_pretrained({str(directory)!r}) refused")
+        dtypes = {FLOAT_DTYPES.get(t.dtype) for t in tensors.values()}
+        if len(dtypes) != 1 or None in dtypes:
+            found = sorted({str(t.dtype) for t in tensors.values()})
+            raise ValueError(
+                f"Thermometer.save_pretrained: all weights must share one floating dtype of "
+                f"{sorted(map(str, FLOAT_DTYPES))}; found {found}."
+            )
+        if model is not None:
+            self.model_fingerprint = model_fingerprint(model)
+        content = {
+            "format": _FORMAT,
+            "config": self.config.to_dict(),
+            "dtype": dtypes.pop(),
+            "model_fingerprint": self.model_fingerprint,
+        }
         write_atomic(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": _FORMAT}))
-        content = {"format": _FORMAT, "config": self.config.to_dict(), "model_fingerprint": self.model_fingerprint}
         write_json(directory / CONFIG_FILE, content)
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str], model: Any = None) -> Thermometer:
-        """Rebuild a saved Thermometer; with ``model``, refuse one trained on another model's features."""
+        """Rebuild a saved Thermometer; with ``model``, refuse one trained on another model's features.
+
+        Before any module is built or tensor read, the config's fields are type-checked and every tensor name,
+        shape and dtype in the safetensors header is compared with what the config implies (a tampered size
+        fails at once instead of being allocated); the loaded tensors must then be finite. Every refusal is a
+        ``ValueError`` naming the file and the field or tensor (``FileNotFoundError`` for a missing file).
+        """
         directory = Path(directory)
-        content = read_json(directory / CONFIG_FILE, "Thermometer.from_pretrained")
+        config_path, weights = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        content = read_json(config_path, "Thermometer.from_pretrained")
         if content.get("format") != _FORMAT or not isinstance(content.get("config"), dict):
-            raise ValueError(f"{directory / CONFIG_FILE} is not a Thermometer config (format {_FORMAT!r}).")
+            raise ValueError(f"{config_path} is not a Thermometer config (format {_FORMAT!r}).")
         fingerprint = content.get("model_fingerprint")
+        if fingerprint is not None and not isinstance(fingerprint, dict):
+            raise ValueError(
+                f"{config_path}: field 'model_fingerprint' must be an object or null; got {fingerprint!r}."
+            )
+        dtype = content.get("dtype")
+        if dtype is not None and dtype not in TORCH_DTYPES:
+            raise ValueError(f"{config_path}: field 'dtype' must be one of {sorted(TORCH_DTYPES)}; got {dtype!r}.")
+        values = content["config"]
+        missing = [name for name in _ARCHITECTURE_FIELDS if name not in values]
+        if missing:
+            raise ValueError(f"{config_path}: field(s) {['config.' + name for name in missing]} missing.")
+        try:
+            config = ThermometerConfig.from_dict(values)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{config_path}: {err}") from err
         if model is not None:
             check_fingerprint(fingerprint, model, what=f"The Thermometer in {directory}")
-        thermometer = cls(ThermometerConfig.from_dict(content["config"]))
-        weights = directory / WEIGHTS_FILE
         if not weights.is_file():
             raise FileNotFoundError(f"Thermometer.from_pretrained: {weights} does not exist.")
+        header = read_safetensors_header(weights)
+        _check_architecture(config, header, config_path, weights)
+        expected, why = expected_tensor_shapes(config)
+        check_header(
+            weights,
+            header,
+            {name: (shape, dtype or "") for name, shape in expected.items()},
+            source=f"the network described by {config_path}",
+            why=why,
+            allowed_dtypes=tuple(TORCH_DTYPES),
+            dtype_source=f"field 'dtype' of {CONFIG_FILE}",
+        )
         state = load_file(str(weights))
-        expected = thermometer.state_dict()
-        if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
-            raise ValueError(f"{weights} does not match the network described by {CONFIG_FILE}; save them together.")
+        check_finite_tensors(state, f"{weights}")
+        thermometer = cls(config)
+        thermometer.to(next(iter(state.values())).dtype)
         thermometer.load_state_dict(state)
         thermometer.model_fingerprint = fingerprint
         return thermometer.eval()
+
+
+# The config fields that decide the tensor shapes: a file must state them (the others have defaults).
+_ARCHITECTURE_FIELDS = ("input_size", "hidden_size", "num_branches")
+
+
+def _check_architecture(
+    config: ThermometerConfig, header: dict[str, tuple[tuple[int, ...], str]], config_path: Path, weights: Path
+) -> None:
+    """Name the config field that disagrees with the weights (branch count, input and hidden size), if one does."""
+    branch_ids = {name.split(".")[1] for name in header if name.startswith("branches.")}
+    found: dict[str, int] = {}
+    if branch_ids and all(b.isdigit() for b in branch_ids):
+        found["num_branches"] = len(branch_ids)
+    first = header.get("branches.0.0.weight")
+    if first is not None and len(first[0]) == 2:
+        found["hidden_size"], found["input_size"] = first[0]
+    wrong = [
+        f"config.{name} is {getattr(config, name)!r} but the weights have {value}"
+        for name, value in found.items()
+        if getattr(config, name) != value
+    ]
+    if wrong:
+        raise ValueError(
+            f"{config_path} does not match {weights}: {'; '.join(wrong)}. Save the weights and the config together "
+            "(save_pretrained) and do not edit either."
+        )
+
+
+def expected_tensor_shapes(config: ThermometerConfig) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """The state dict ``{name: shape}`` of ``Thermometer(config)``, computed without building it.
+
+    Also returns, per tensor, the config fields its shape comes from (for error messages).
+    """
+    d, h, k = config.input_size, config.hidden_size, config.num_branches
+    shapes: dict[str, tuple[int, ...]] = {}
+    why: dict[str, str] = {}
+    for b in range(k):
+        first, second = f"branches.{b}.0", f"branches.{b}.2"
+        shapes[f"{first}.weight"], why[f"{first}.weight"] = (h, d), f"config hidden_size={h}, input_size={d}"
+        shapes[f"{first}.bias"], why[f"{first}.bias"] = (h,), f"config hidden_size={h}"
+        shapes[f"{second}.weight"], why[f"{second}.weight"] = (1, h), f"config hidden_size={h}"
+        shapes[f"{second}.bias"], why[f"{second}.bias"] = (1,), f"config num_branches={k}"
+    shapes["mix.weight"], why["mix.weight"] = (1, k), f"config num_branches={k}"
+    shapes["mix.bias"], why["mix.bias"] = (1,), "the mixing layer"
+    return shapes, why
