@@ -2,16 +2,33 @@
 
 The subcommands only parse arguments and call the recipes in :mod:`hf_calib.recipes`; libraries are
 imported when a subcommand runs, so ``hf-calib --help`` is instant.
+
+Errors: a user mistake prints one line, ``hf-calib SUB: error: <message>``, and exits with code 2 before any
+model is loaded: argparse's type checks cover numbers, :mod:`hf_calib.recipes.checks` covers models,
+adapters, MMLU subjects, devices and output folders (:class:`~hf_calib.recipes.checks.UsageError`).
+``--debug`` shows the traceback instead. Ctrl-C exits with code 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .recipes.checks import UsageError
+
 DEMO_OUTPUT = Path("outputs/demo")
+#: numpy's seeds (``transformers.set_seed`` seeds numpy too) are in [0, 2**32).
+MAX_SEED = 2**32 - 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one line, ``hf-calib SUB: error: ...`` (no usage block), exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def _positive_int(text: str) -> int:
@@ -34,6 +51,31 @@ def _smoothing(text: str) -> float:
     return value
 
 
+def _positive_float(upper: float) -> Callable[[str], float]:
+    """An argparse type: a finite number in ``(0, upper]`` (inf, nan, 0 and negatives are refused)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number in (0, {upper:g}]; got {text!r}") from None
+        if not (math.isfinite(value) and 0.0 < value <= upper):
+            raise argparse.ArgumentTypeError(f"expected a finite number in (0, {upper:g}]; got {text}")
+        return value
+
+    return parse
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, {MAX_SEED}]; got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, {MAX_SEED}]; got {value}")
+    return value
+
+
 def _common(parser: argparse.ArgumentParser, *, model_default: str | None = "smollm2") -> None:
     if model_default is not None:
         parser.add_argument(
@@ -41,16 +83,21 @@ def _common(parser: argparse.ArgumentParser, *, model_default: str | None = "smo
             default=model_default,
             help=f"Hub id or local folder of the model; '{model_default}' uses the offline copy (default)",
         )
-    parser.add_argument("--device", default="auto", help="'auto' (CUDA when available, else CPU), 'cpu', 'cuda:0'")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--device", default="auto", help="'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:N', 'mps'"
+    )
+    parser.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hf-calib",
         description="Calibration-aware fine-tuning for Hugging Face models: fused label smoothing, calibration "
         "metrics, temperature scaling and Thermometer, AdUE uncertainty heads, calibrated adapter bundles.",
+        epilog="A mistake in the arguments exits with code 2 and a one-line message; --debug shows the traceback.",
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of errors (also after COMMAND)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="the whole toolkit end to end on offline models and data (default: --quick)")
@@ -70,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--max-length", type=_positive_int, default=128, help="tokens per turn (default 128)")
     sft.add_argument("--label-smoothing", type=_smoothing, default=0.1, help="epsilon (default 0.1; 0 = plain CE)")
     sft.add_argument("--batch-size", type=_positive_int, default=8)
-    sft.add_argument("--lr", type=float, default=2e-4)
-    sft.add_argument("--epochs", type=float, default=1.0)
+    sft.add_argument("--lr", type=_positive_float(1.0), default=2e-4, help="learning rate in (0, 1] (default 2e-4)")
+    sft.add_argument("--epochs", type=_positive_float(1000.0), default=1.0, help="in (0, 1000] (default 1)")
     sft.add_argument("--lora-r", type=_positive_int, default=8)
     sft.add_argument("--output-dir", type=Path, default=Path("outputs/sft"), help="the adapter goes to DIR/adapter")
 
@@ -110,17 +157,28 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--revision", default=None, help="branch to push to (default: main)")
     push.add_argument("--commit-message", default="Upload calibrated adapter bundle")
     push.add_argument("--token-env", default="HF_TOKEN", help="environment variable holding the token (never printed)")
+    push.add_argument(
+        "--dry-run", action="store_true", help="list the files that would be uploaded, with sizes; upload nothing"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``hf-calib`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code.
+
+    User errors (:class:`UsageError`, ``ValueError``, ``OSError``) print one line and exit with code 2
+    (``SystemExit``) unless ``--debug`` is given, which re-raises them with their traceback.
+    """
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:
+    leading = 0
+    while argv[leading : leading + 1] == ["--debug"]:
+        leading += 1
+    if argv[leading : leading + 1] == ["bench"]:
         # The benchmark has its own parser; hand it every argument, --help included.
         from .bench import main as bench_main
 
-        bench_main(argv[1:])
+        bench_main(argv[leading + 1 :])
         return 0
     args = parser.parse_args(argv)
     if args.command is None:
@@ -133,6 +191,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; no partial output folder was left behind.", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as exc:
-        parser.exit(2, f"hf-calib {args.command}: error: {exc}\n")
-    return 0
+    except (ValueError, OSError) as exc:
+        # UsageError is a checked mistake in the arguments; other ValueErrors and OSErrors (a missing file, a
+        # full disk) are also the user's to fix, but their traceback may help: say how to see it.
+        if args.debug:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        if not isinstance(exc, UsageError):
+            message += f" (run 'hf-calib --debug {args.command} ...' for the traceback)"
+        parser.exit(2, f"hf-calib {args.command}: error: {message}\n")

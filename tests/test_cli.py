@@ -140,28 +140,15 @@ def test_report_writes_markdown_and_json(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plots", "report.md", "results.json"]
 
 
-def test_push_reports_failures_in_one_line_without_the_token(tmp_path, monkeypatch, capsys):
-    import hf_calib.hub
-
-    calls = {}
-
-    def failing_push(folder, repo_id, **kwargs):
-        calls.update(kwargs, folder=folder, repo_id=repo_id)
-        raise ConnectionError("Name or service not known")
-
-    monkeypatch.setattr(hf_calib.hub, "push_folder", failing_push)
-    monkeypatch.setenv("MY_TOKEN", "hf_secret_value")
-    with pytest.raises(SystemExit) as info:
-        cli.main(["push", str(tmp_path), "--repo-id", "me/bundle", "--token-env", "MY_TOKEN", "--private"])
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert "uploading to 'me/bundle' failed (ConnectionError" in err and "$MY_TOKEN" in err
-    assert "hf_secret_value" not in err
-    assert calls["token"] == "hf_secret_value" and calls["private"] is True and calls["repo_id"] == "me/bundle"
-
-    with pytest.raises(SystemExit):
-        cli.main(["push", str(tmp_path / "missing"), "--repo-id", "me/bundle"])
-    assert "is not a folder" in capsys.readouterr().err
+def test_push_refuses_what_is_not_a_bundle_in_one_line(tmp_path, capsys):
+    # Uploads through a fake Hub, dry runs and scrubbed errors: tests/test_bundle_faults.py.
+    (tmp_path / "notes.txt").write_text("not a bundle")
+    for folder, message in ((tmp_path / "missing", "is not a folder"), (tmp_path, "calibration.json is missing")):
+        with pytest.raises(SystemExit) as info:
+            cli.main(["push", str(folder), "--repo-id", "me/bundle"])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.integration

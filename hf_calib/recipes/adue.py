@@ -24,6 +24,7 @@ from ..adue import (
     fit_adue_head,
     predict_uncertainty,
 )
+from .checks import UsageError
 from .common import encoder_path, format_table, hub_id, staged_dir
 
 SCORES = ("adue", "softmax_response", "entropy", "mahalanobis")
@@ -187,12 +188,18 @@ def cli(args: argparse.Namespace) -> int:
     from ..hub import CalibratedAdapter, CalibrationReport, CardInfo
     from ..scaling import TemperatureScaler
 
+    # The data first: sizes larger than the source are reported before the model is loaded.
+    val_size = max(2, args.train_size // 4)
+    try:
+        splits = review_splits(args.source, (args.train_size, val_size, args.test_size), seed=1234 + args.seed)
+    except ValueError as exc:
+        raise UsageError(
+            f"--train-size/--test-size: {exc} Lower them (the validation split is a quarter of --train-size)."
+        ) from None
     folder = encoder_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     torch.manual_seed(args.seed)
     model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
-    val_size = max(2, args.train_size // 4)
-    splits = review_splits(args.source, (args.train_size, val_size, args.test_size), seed=1234 + args.seed)
     outcome = run_encoder(model, tokenizer, splits, EncoderSettings(seed=args.seed))
     test = outcome.features["test"]
     scaler = TemperatureScaler().fit(outcome.features["val"].logits, outcome.features["val"].labels)

@@ -13,9 +13,8 @@ import torch
 
 from ..hub._files import staging_folder, swap_in
 
-#: Names that select the offline models of hf_calib.assets instead of a Hub id or a local path.
-SMOLLM2_ALIASES = ("smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct")
-MINILM_ALIASES = ("minilm", "sentence-transformers/all-MiniLM-L6-v2")
+# The aliases, resolve_device and check_model_path live with the pre-flight checks, which must not import torch.
+from .checks import MINILM_ALIASES, SMOLLM2_ALIASES, check_model_path, resolve_device
 
 
 def hub_id(name: str) -> str:
@@ -27,26 +26,13 @@ def hub_id(name: str) -> str:
     return name
 
 
-def resolve_device(device: str | None) -> torch.device:
-    """``"auto"``/None → CUDA when available, else CPU; otherwise the named device, checked to exist."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {device!r}.") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for but CUDA is not available; use --device cpu.")
-    return resolved
-
-
 def causal_lm_path(name: str) -> str:
     """The folder or Hub id of a causal LM: the offline SmolLM2's cached folder for ``"smollm2"``."""
     if name in SMOLLM2_ALIASES:
         from ..assets import smollm2_path
 
         return str(smollm2_path())
-    _check_model_name(name)
+    check_model_path(name)
     return name
 
 
@@ -63,22 +49,18 @@ def load_tokenizer(name: str) -> Any:
     return tokenizer
 
 
-def load_causal_lm(name: str, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-    """``(model, tokenizer)`` for a causal LM: the offline SmolLM2 for ``"smollm2"``, else a Hub id or folder."""
+def load_causal_lm(
+    name: str, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, tokenizer: Any = None
+):
+    """``(model, tokenizer)`` for a causal LM: the offline SmolLM2 for ``"smollm2"``, else a Hub id or folder.
+
+    ``tokenizer``: one already loaded with :func:`load_tokenizer` (else it is loaded here).
+    """
     from transformers import AutoModelForCausalLM
 
-    tokenizer = load_tokenizer(name)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(name)
     model = AutoModelForCausalLM.from_pretrained(causal_lm_path(name), dtype=dtype, trust_remote_code=False)
     return model.to(resolve_device(device)), tokenizer
-
-
-def _check_model_name(name: str) -> None:
-    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", "", 1)
-    if looks_like_path and not Path(name).expanduser().is_dir():
-        raise ValueError(
-            f"model {name!r} is not an existing folder; pass a local model folder, a Hub id such as "
-            f"'org/name', or {SMOLLM2_ALIASES[0]!r} for the offline SmolLM2."
-        )
 
 
 def encoder_path(name: str) -> str:
@@ -87,7 +69,7 @@ def encoder_path(name: str) -> str:
         from ..assets import minilm_path
 
         return str(minilm_path())
-    _check_model_name(name)
+    check_model_path(name)
     return name
 
 

@@ -1,33 +1,56 @@
-"""``hf-calib push``: upload a saved calibrated-adapter bundle (every file of it) to the Hugging Face Hub."""
+"""``hf-calib push``: upload a saved calibrated-adapter bundle (exactly its files) to the Hugging Face Hub."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import warnings
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
 
 
 def cli(args: argparse.Namespace) -> int:
-    from ..hub import push_folder
+    from ..hub import BundleError
+    from ..hub.push import HubPushError, plan_upload, push_folder, scrub_secrets
 
     if not args.bundle.is_dir():
         raise ValueError(f"bundle {str(args.bundle)!r} is not a folder; pass a folder written by save_pretrained.")
+    plan = plan_upload(args.bundle)  # BundleError (a ValueError) for a partial or damaged bundle
+    for name in plan.ignored:
+        print(f"not uploaded (not part of the bundle): {name}")
+    if getattr(args, "dry_run", False):
+        for name, size in plan.files:
+            print(f"would upload {name} ({_size(size)})")
+        print(f"{len(plan.files)} files, {_size(plan.total_bytes)} to {args.repo_id} (dry run: nothing was uploaded)")
+        return 0
     # The token is read from the environment and handed to huggingface_hub; it is never printed.
     token = os.environ.get(args.token_env) or None
     try:
-        commit = push_folder(
-            args.bundle,
-            args.repo_id,
-            token=token,
-            private=args.private or None,
-            revision=args.revision,
-            commit_message=args.commit_message,
-        )
-    except (ValueError, FileNotFoundError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the ignored files were printed above
+            commit = push_folder(
+                args.bundle,
+                args.repo_id,
+                token=token,
+                private=args.private or None,
+                revision=args.revision,
+                commit_message=args.commit_message,
+            )
+    except (BundleError, ValueError, FileNotFoundError):
         raise
-    except Exception as exc:  # network, authentication and Hub errors: one line, never the token
+    except HubPushError as exc:
         raise ValueError(
-            f"uploading to {args.repo_id!r} failed ({type(exc).__name__}: {exc}). Check the network, HF_ENDPOINT, "
-            f"and that ${args.token_env} holds a token with write access."
-        ) from exc
-    print(f"uploaded {args.bundle} to {getattr(commit, 'commit_url', None) or args.repo_id}")
+            f"{exc}. Check the network, HF_ENDPOINT, and that ${args.token_env} holds a token with write access."
+        ) from None
+    except Exception as exc:  # anything else: one line, never the token
+        text = scrub_secrets(f"{type(exc).__name__}: {exc}", token)
+        raise ValueError(f"uploading to {args.repo_id!r} failed ({text}).") from None
+    print(f"uploaded {len(plan.files)} files ({_size(plan.total_bytes)}) to ", end="")
+    print(getattr(commit, "commit_url", None) or args.repo_id)
     return 0

@@ -6,7 +6,8 @@ import argparse
 
 from transformers import set_seed
 
-from .common import format_table, load_causal_lm, staged_dir
+from .checks import UsageError
+from .common import format_table, load_causal_lm, load_tokenizer, staged_dir
 from .sft import SFTSettings, finetune_chat_lora, sharegpt_splits
 
 
@@ -21,8 +22,18 @@ def cli(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     set_seed(args.seed)
-    model, tokenizer = load_causal_lm(args.model, device=args.device)
-    train, held_out = sharegpt_splits(tokenizer, args.turns, args.eval_turns, args.max_length, args.seed)
+    # The data first: a slice too small for the settings is reported before the model is loaded.
+    tokenizer = load_tokenizer(args.model)
+    try:
+        train, held_out = sharegpt_splits(tokenizer, args.turns, args.eval_turns, args.max_length, args.seed)
+    except ValueError as exc:
+        raise UsageError(f"--turns/--eval-turns: {exc}") from None
+    if len(train) < settings.batch_size:
+        raise UsageError(
+            f"--batch-size {settings.batch_size} is larger than the {len(train)} usable training turns; lower "
+            "--batch-size or raise --turns."
+        )
+    model, tokenizer = load_causal_lm(args.model, device=args.device, tokenizer=tokenizer)
     with staged_dir(args.output_dir) as out:
         outcome = finetune_chat_lora(model, tokenizer, train, held_out, settings, output_dir=out / "run")
         outcome.model.save_pretrained(out / "adapter")

@@ -23,7 +23,6 @@ from ..eval.prompts import letter_token_ids
 from ..scaling import ThermometerConfig, ThermometerTask, leave_one_task_out, train_thermometer
 from ..scaling.features import cached_tensors, extract_features, extract_features_and_logits, model_cache_key
 from .common import format_table, staged_dir, torch_threads
-from .mc import DEFAULT_SUBJECTS
 
 #: Metrics shown by the held-out table, in order.
 SHOWN = ("accuracy", "temperature", "ece", "mce", "tl_ece", "nll", "brier")
@@ -125,13 +124,8 @@ def held_out_rows(result: Any, held_out: Sequence[str]) -> list[dict[str, Any]]:
 def cli(args: argparse.Namespace) -> int:
     from .mc_cli import load_with_adapter
 
-    subjects = list(args.subjects or DEFAULT_SUBJECTS)
-    if len(subjects) < 2:
-        raise ValueError("--subjects needs at least 2 subjects: training subjects plus a held-out one.")
-    held_out = list(args.held_out or subjects[-max(1, len(subjects) // 4) :])
-    subjects += [s for s in held_out if s not in subjects]
-    if not [s for s in subjects if s not in held_out]:
-        raise ValueError("every subject is held out; leave at least one training subject out of --held-out.")
+    # recipes.run checked the arguments and filled in the subjects: canonical MMLU names, held-out ones last.
+    subjects, held_out = list(args.subjects), list(args.held_out)
     torch.manual_seed(args.seed)
     model, tokenizer = load_with_adapter(args.model, args.adapter, args.device)
     tasks = [subject_task(model, tokenizer, s, limit=args.limit, scoring=args.scoring) for s in subjects]
