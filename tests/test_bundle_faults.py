@@ -28,8 +28,7 @@ from test_hub_bundle import VOCAB, batch, lora_bert, lora_llama, no_weight_loadi
 from test_hub_push import ENDPOINT, TOKEN, FakeHub, hub  # noqa: F401 - the fixture is used by name
 
 import hf_calib.hub._files as files
-from hf_calib._fingerprint import QuantizedModelWarning
-from hf_calib.hub import BundleError, CalibratedAdapter, push_folder
+from hf_calib.hub import BundleError, CalibratedAdapter, QuantizedModelWarning, push_folder
 from hf_calib.hub._files import MANIFEST_FILE
 from hf_calib.hub.push import HubPushError, scrub_secrets
 from hf_calib.scaling import Thermometer, ThermometerConfig
@@ -495,3 +494,46 @@ def test_loading_ignores_files_outside_the_manifest(clf_bundle) -> None:
     with torch.no_grad():
         assert loaded(**batch()).calibrated_probs.shape == (3, 3)
     assert VOCAB == 300
+
+
+# --------------------------------------------------------------------------------------------- hf-calib push
+
+
+def test_cli_push_dry_run_lists_files_and_sizes(hub, clf_bundle, capsys) -> None:  # noqa: F811
+    from hf_calib import cli
+
+    (clf_bundle / ".env").write_text(f"HF_TOKEN={TOKEN}\n")
+    assert cli.main(["push", str(clf_bundle), "--repo-id", "me/dry", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "not uploaded (not part of the bundle): .env" in out
+    listed = {line.split()[2] for line in out.splitlines() if line.startswith("would upload")}
+    assert listed == {p.relative_to(clf_bundle).as_posix() for p in clf_bundle.rglob("*") if p.is_file()} - {".env"}
+    assert "nothing was uploaded" in out and hub.requests == [] and TOKEN not in out
+
+
+def test_cli_push_uploads_the_bundle_and_fails_in_one_line_without_the_token(
+    hub,  # noqa: F811
+    clf_bundle,
+    capsys,
+    monkeypatch,
+) -> None:
+    from hf_calib import cli
+
+    monkeypatch.setenv("MY_TOKEN", TOKEN)
+    (clf_bundle / "train.log").write_text("loss 2.3")
+    assert cli.main(["push", str(clf_bundle), "--repo-id", "me/cli", "--token-env", "MY_TOKEN", "--private"]) == 0
+    assert "train.log" not in hub.files("me/cli") and "calibration.json" in hub.files("me/cli")
+    assert hub.created[-1]["visibility"] == "private"
+    push_calls = ("/api/repos/create", "/api/validate-yaml", "/preupload/", "/commit/")
+    api_auth = [auth for _, url, auth in hub.requests if any(call in url for call in push_calls)]
+    assert len(api_auth) == 4 and set(api_auth) == {f"Bearer {TOKEN}"}, "the token from --token-env is used"
+    capsys.readouterr()
+
+    hub.fail_with = (401, f"Invalid token {TOKEN}; Authorization: Bearer {TOKEN}")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["push", str(clf_bundle), "--repo-id", "me/cli", "--token-env", "MY_TOKEN"])
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "401" in err[0] and "$MY_TOKEN" in err[0] and "Traceback" not in captured.err
+    assert TOKEN not in captured.err + captured.out

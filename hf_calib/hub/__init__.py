@@ -5,9 +5,11 @@
 * :class:`CalibrationReport` — metrics before and after calibration, and the reliability diagram.
 * :class:`CardInfo`, :func:`build_model_card` — the model card (huggingface_hub ``ModelCard``).
 * :class:`CalibratedAdapterCallback` — Trainer pushes carry the whole bundle (``CalibratedTrainer`` adds it).
-* :func:`push_folder` — upload a saved bundle folder (``create_repo`` + ``upload_folder``).
+* :func:`push_folder` — upload exactly a saved bundle's files (allow-list; ``dry_run=True`` lists them).
+* :class:`BundleError`, :class:`QuantizedModelWarning` — what loading raises and warns (``docs/hub.md``).
 """
 
+from .._fingerprint import QuantizedModelWarning
 from ._files import BundleError
 from .bundle import CalibratedAdapter
 from .callback import CalibratedAdapterCallback
@@ -21,6 +23,7 @@ __all__ = [
     "CalibratedAdapterCallback",
     "CalibrationReport",
     "CardInfo",
+    "QuantizedModelWarning",
     "build_model_card",
     "push_folder",
 ]
