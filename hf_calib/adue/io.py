@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +30,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .._fingerprint import check_fingerprint, model_fingerprint
-from ..scaling._io import (
+from .._safe_files import (
     FLOAT_DTYPES,
     TORCH_DTYPES,
     check_finite_tensors,
     check_header,
     read_safetensors_header,
+    write_atomic,
 )
 from .attach import (
     ADUE_ATTRIBUTE,
@@ -52,18 +52,6 @@ WEIGHTS_NAME = "adue_head.safetensors"
 CONFIG_NAME = "adue_config.json"
 FORMAT = "hf_calib.adue"
 FORMAT_VERSION = 1
-
-
-def _replace_atomically(directory: Path, name: str, write: Any) -> None:
-    """Write ``directory/name`` through a temporary file in the same folder, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, directory / name)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_adue_head(model: nn.Module, directory: str | os.PathLike[str]) -> None:
@@ -99,8 +87,8 @@ def save_adue_head(model: nn.Module, directory: str | os.PathLike[str]) -> None:
         "dtypes": {k: FLOAT_DTYPES[v.dtype] for k, v in state.items()},
     }
     text = json.dumps(config, indent=2, allow_nan=False) + "\n"
-    _replace_atomically(folder, WEIGHTS_NAME, lambda path: save_file(state, path, metadata={"format": "pt"}))
-    _replace_atomically(folder, CONFIG_NAME, lambda path: Path(path).write_text(text, encoding="utf-8"))
+    write_atomic(folder / WEIGHTS_NAME, lambda path: save_file(state, path, metadata={"format": "pt"}))
+    write_atomic(folder / CONFIG_NAME, lambda path: Path(path).write_text(text, encoding="utf-8"))
 
 
 def read_adue_config(directory: str | os.PathLike[str]) -> dict[str, Any]:

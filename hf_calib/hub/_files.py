@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .._safe_files import default_mode, write_atomic
+
 MANIFEST_FILE = "calibration.json"
 FORMAT = "hf_calib.calibrated_adapter"
 FORMAT_VERSION = 2
@@ -198,24 +200,8 @@ def list_files(folder: Path) -> list[str]:
 
 def write_json_file(path: Path, content: dict[str, Any]) -> None:
     """Write ``content`` as indented JSON through a temporary file and a rename (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(content, indent=2, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, default_mode(False))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def default_mode(directory: bool) -> int:
-    """The permissions a normally created file (0o666) or folder (0o777) gets under the current umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
+    write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def finalize_tree(folder: Path) -> None:
@@ -224,7 +210,7 @@ def finalize_tree(folder: Path) -> None:
     Temporary files and folders are created private (0600 / 0700); a saved bundle gets what
     ``save_pretrained`` gives (0644 / 0755 under the usual umask 022).
     """
-    file_mode, dir_mode = default_mode(False), default_mode(True)
+    file_mode, dir_mode = default_mode(directory=False), default_mode(directory=True)
     for path in [folder, *folder.rglob("*")]:
         if path.is_symlink():
             continue
@@ -362,7 +348,7 @@ def swap_in(staged: Path, target: Path) -> None:
     killed between those two renames leaves no folder at ``target`` (the old one stays aside, named
     ``.{name}.{pid}.old-*``, until the next save deletes it).
     """
-    os.chmod(staged, default_mode(True))  # mkdtemp made it private
+    os.chmod(staged, default_mode(directory=True))  # mkdtemp made it private
     if not target.exists():
         os.replace(staged, target)
         return
@@ -382,17 +368,7 @@ def swap_in(staged: Path, target: Path) -> None:
 def copy_into(source: Path, destination: Path, names: Iterable[str]) -> None:
     """Copy ``names`` from ``source`` into ``destination``, each through a temporary file and a rename."""
     for name in names:
-        final = destination / name
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-        os.close(fd)
-        try:
-            shutil.copyfile(source / name, tmp)
-            os.chmod(tmp, default_mode(False))
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(destination / name, lambda tmp, src=source / name: shutil.copyfile(src, tmp))
 
 
 def resolve_folder(

@@ -30,9 +30,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._fingerprint import model_fingerprint
+from .._safe_files import write_atomic
 from ..eval.prompts import special_prefix_ids
 from ..eval.scoring import eval_mode, input_device
-from ._io import write_atomic
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

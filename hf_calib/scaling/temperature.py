@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from .._fingerprint import check_fingerprint, model_fingerprint
+from .._safe_files import read_json, write_json
 from ._checks import check_logits, check_logits_labels, check_temperature, scale_logits
-from ._io import read_json, write_json
 
 TEMPERATURE_FILE = "temperature.json"
 _FORMAT = "hf_calib.temperature_scaler"

@@ -33,8 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .._fingerprint import check_fingerprint, model_fingerprint
-from ._checks import check_features, scale_logits
-from ._io import (
+from .._safe_files import (
     FLOAT_DTYPES,
     TORCH_DTYPES,
     check_finite_tensors,
@@ -44,6 +43,7 @@ from ._io import (
     write_atomic,
     write_json,
 )
+from ._checks import check_features, scale_logits
 
 WEIGHTS_FILE = "thermometer.safetensors"
 CONFIG_FILE = "thermometer_config.json"

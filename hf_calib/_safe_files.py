@@ -1,4 +1,5 @@
-"""Calibrator files: atomic writes, JSON reading, and safetensors checks made before any tensor is allocated.
+"""Files of saved calibrators (temperature, Thermometer, AdUE head): atomic writes, JSON reading, and
+safetensors checks made before any tensor is allocated.
 
 Each file is written under a temporary name, then renamed into place. On loading, a safetensors file's header
 (names, shapes, dtypes; no tensor data) is compared with what the JSON config implies before a module is built,
@@ -18,6 +19,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 
+def default_mode(*, directory: bool) -> int:
+    """The permissions a normally created file (0o666) or folder (0o777) gets under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def write_atomic(path: Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` for a temporary file in ``path``'s folder, then rename it to ``path``.
 
@@ -29,9 +37,7 @@ def write_atomic(path: Path, write: Callable[[str], None]) -> None:
     try:
         write(tmp)
         # mkstemp creates the file private (0600); give it the permissions of a normally created file.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, default_mode(directory=False))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
