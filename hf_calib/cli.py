@@ -196,7 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # full disk) are also the user's to fix, but their traceback may help: say how to see it.
         if args.debug:
             raise
-        message = " ".join(str(exc).split()) or type(exc).__name__
+        from ._secrets import scrub_secrets
+
+        message = scrub_secrets(" ".join(str(exc).split()) or type(exc).__name__)
         if not isinstance(exc, UsageError):
             message += f" (run 'hf-calib --debug {args.command} ...' for the traceback)"
         parser.exit(2, f"hf-calib {args.command}: error: {message}\n")

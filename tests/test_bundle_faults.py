@@ -28,9 +28,10 @@ from test_hub_bundle import VOCAB, batch, lora_bert, lora_llama, no_weight_loadi
 from test_hub_push import ENDPOINT, TOKEN, FakeHub, hub  # noqa: F401 - the fixture is used by name
 
 import hf_calib.hub._files as files
+from hf_calib._secrets import scrub_secrets
 from hf_calib.hub import BundleError, CalibratedAdapter, QuantizedModelWarning, push_folder
 from hf_calib.hub._files import MANIFEST_FILE
-from hf_calib.hub.push import HubPushError, scrub_secrets
+from hf_calib.hub.push import HubPushError
 from hf_calib.scaling import Thermometer, ThermometerConfig
 
 

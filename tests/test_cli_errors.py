@@ -318,3 +318,15 @@ def test_type_checking_imports_match_the_exports():
     block = next(node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
     imported = {alias.name: "." * node.level + node.module for node in block.body for alias in node.names}
     assert imported == _EXPORTS
+
+
+def test_error_lines_carry_no_token_like_text(capsys, monkeypatch) -> None:
+    secret = "hf_" + "Ab1" * 12
+    monkeypatch.setenv("HF_TOKEN", "a-token-from-the-environment")
+    for model in (f"/nonexistent/{secret}", "/nonexistent/a-token-from-the-environment"):
+        with pytest.raises(SystemExit) as info:
+            cli.main(["eval", "--model", model])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert "error:" in err and "***" in err
+        assert secret not in err and "a-token-from-the-environment" not in err

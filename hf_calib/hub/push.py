@@ -11,26 +11,15 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._secrets import scrub_secrets
 from ._files import MANIFEST_FILE, README_FILE, check_bundle_files, read_manifest
 
 logger = logging.getLogger(__name__)
-
-# Hub tokens (hf_...), bearer headers and token=... query or keyword values.
-_TOKEN_LIKE = re.compile(r"\bhf_[A-Za-z0-9]{8,}|(?i:bearer)\s+\S+|(?i:token)\s*[=:]\s*['\"]?[^\s'\",&)]+")
-
-
-def scrub_secrets(text: str, *secrets: str | None) -> str:
-    """``text`` with the given secrets and anything token-like (``hf_...``, ``Bearer ...``, ``token=...``) masked."""
-    for secret in secrets:
-        if isinstance(secret, str) and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return _TOKEN_LIKE.sub("***", text)
 
 
 class HubPushError(RuntimeError):
@@ -137,5 +126,5 @@ def push_folder(
             create_pr=create_pr,
         )
     except Exception as exc:  # network, authentication and Hub errors
-        text = scrub_secrets(f"{type(exc).__name__}: {exc}", secret, os.environ.get("HF_TOKEN"))
+        text = scrub_secrets(f"{type(exc).__name__}: {exc}", secret)
         raise HubPushError(f"uploading {plan.folder} to {repo_id!r} failed ({text})") from None

@@ -16,8 +16,9 @@ def _size(n: int) -> str:
 
 
 def cli(args: argparse.Namespace) -> int:
+    from .._secrets import scrub_secrets
     from ..hub import BundleError
-    from ..hub.push import HubPushError, plan_upload, push_folder, scrub_secrets
+    from ..hub.push import HubPushError, plan_upload, push_folder
 
     if not args.bundle.is_dir():
         raise ValueError(f"bundle {str(args.bundle)!r} is not a folder; pass a folder written by save_pretrained.")
