@@ -538,3 +538,21 @@ def test_cli_push_uploads_the_bundle_and_fails_in_one_line_without_the_token(
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and "401" in err[0] and "$MY_TOKEN" in err[0] and "Traceback" not in captured.err
     assert TOKEN not in captured.err + captured.out
+
+
+def test_a_temperature_at_its_bound_is_flagged_in_the_manifest_and_the_card(tmp_path) -> None:
+    from hf_calib.scaling import TemperatureAtBoundWarning, TemperatureScaler
+
+    logits = torch.tensor([[4.0, 0.0], [0.0, 4.0], [5.0, 1.0], [1.0, 6.0]])  # every label is the top logit
+    with pytest.warns(TemperatureAtBoundWarning, match="min_temperature"):
+        scaler = TemperatureScaler().fit(logits, torch.tensor([0, 1, 0, 1]))
+    assert scaler.at_bound == "min" and scaler.temperature == pytest.approx(0.01)
+    folder = CalibratedAdapter(lora_llama(), temperature=scaler).save_pretrained(tmp_path / "b")
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    assert manifest["components"]["temperature"]["at_bound"] == "min"
+    card = (folder / "README.md").read_text()
+    assert "**Caution:** the fit stopped at the lowest temperature it allows" in card
+    loaded = CalibratedAdapter.from_pretrained(folder, base_model=tiny_llama())
+    assert loaded.temperature_scaler.at_bound == "min"
+    plain = CalibratedAdapter(lora_llama(), temperature=1.2).save_pretrained(tmp_path / "plain")
+    assert "Caution" not in (plain / "README.md").read_text()

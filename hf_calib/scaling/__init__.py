@@ -19,7 +19,7 @@ from .inference import (
     verification_prompt,
 )
 from .loo import LeaveOneOutResult, calibration_report, leave_one_task_out
-from .temperature import TemperatureScaler, fit_temperature
+from .temperature import TemperatureAtBoundWarning, TemperatureScaler, fit_temperature
 from .thermometer import Thermometer, ThermometerConfig, gamma_prior_nll, thermometer_loss
 from .training import ThermometerTask, TrainingHistory, train_thermometer
 
@@ -27,6 +27,7 @@ __all__ = [
     "LeaveOneOutResult",
     "TemperatureLogitsProcessor",
     "TemperatureScaledLM",
+    "TemperatureAtBoundWarning",
     "TemperatureScaler",
     "Thermometer",
     "ThermometerConfig",
