@@ -27,7 +27,7 @@ from peft import LoraConfig, get_peft_model
 from test_hub_bundle import VOCAB, batch, lora_bert, lora_llama, no_weight_loading, tiny_bert, tiny_llama
 from test_hub_push import ENDPOINT, TOKEN, FakeHub, hub  # noqa: F401 - the fixture is used by name
 
-import hf_calib.hub._files as files
+import hf_calib._folders as files
 from hf_calib._secrets import scrub_secrets
 from hf_calib.hub import BundleError, CalibratedAdapter, QuantizedModelWarning, push_folder
 from hf_calib.hub._files import MANIFEST_FILE

@@ -31,6 +31,7 @@ from torch import nn
 
 from .. import __version__
 from .._fingerprint import check_fingerprint, model_fingerprint
+from .._folders import finalize_tree, staging_folder, swap_in
 from ._files import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
@@ -43,12 +44,9 @@ from ._files import (
     check_finite_tensors,
     check_replaceable,
     file_checksums,
-    finalize_tree,
     list_files,
     read_manifest,
     resolve_folder,
-    staging_folder,
-    swap_in,
     write_json_file,
 )
 from ._model import AUTO_CLASSES, adapter_config, has_adue_head, is_peft, last_attended, load_base_model, task_of
@@ -290,7 +288,7 @@ class CalibratedAdapter(nn.Module):
 
         Everything is written into a temporary sibling folder, flushed to disk and then exchanged with
         ``directory`` in one atomic step, so ``directory`` holds the old bundle or the new one, complete, however
-        the process ends (see :func:`hf_calib.hub._files.swap_in`); leftovers of killed saves are deleted by the
+        the process ends (see ``docs/hub.md``); leftovers of killed saves are deleted by the
         next save. ``directory`` must be missing, empty, or an earlier bundle. ``repo_id`` only fills the card's
         example. Files get the usual permissions (0644, folders 0755 under umask 022).
         """

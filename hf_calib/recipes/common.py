@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..hub._files import staging_folder, swap_in
+from .._folders import staging_folder, swap_in
 
 # The aliases, resolve_device and check_model_path live with the pre-flight checks, which must not import torch.
 from .checks import MINILM_ALIASES, SMOLLM2_ALIASES, check_model_path, resolve_device
