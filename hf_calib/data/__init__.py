@@ -5,7 +5,8 @@
 - :class:`TaskTemplate`, :func:`instruction_template`, :class:`MultipleChoiceTemplate`: a row as
   ``(prompt, completion)`` text.
 - :func:`task_dataset` (plain fine-tuning) and :func:`fticl_dataset` (the same ``k`` demonstrations in
-  front of every row, METHODS.md section 6). Details: ``docs/data_and_eval.md``.
+  front of every row; Yang et al., NAACL 2024). Specification and details: ``docs/data_and_eval.md``,
+  section "FTICL: the same demonstrations in front of every example".
 """
 
 from .chat import (

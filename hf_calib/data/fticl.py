@@ -1,8 +1,10 @@
 """Fine-tuning datasets: plain (prompt -> completion) and FTICL (the same k demonstrations in front of every row).
 
-FTICL (Yang et al., NAACL 2024; METHODS.md section 6). With demonstrations ``d_1..d_k`` (the first ``k``
-rows of a few-shot pool), each rendered by the task template as ``prompt_i + completion_i``, every
-training row ``x`` becomes::
+FTICL (Yang et al., "Unveiling the Generalization Power of Fine-Tuned Large Language Models", NAACL 2024;
+specification, choice of ``k`` and differences from the paper: ``docs/data_and_eval.md``, section "FTICL: the
+same demonstrations in front of every example"). With demonstrations ``d_1..d_k`` (the first ``k`` rows of a
+few-shot pool), each rendered by the task template as ``prompt_i + completion_i``, every training row ``x``
+becomes::
 
     prompt_1 + completion_1  "\\n\\n"  ...  prompt_k + completion_k  "\\n\\n"  prompt(x)   |   completion(x)
     <------------------------------------- label -100 -------------------------------->   <- supervised ->

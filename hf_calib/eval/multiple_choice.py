@@ -1,11 +1,12 @@
-"""Answer-level calibration of a causal LM on multiple-choice questions (METHODS.md §2).
+"""Answer-level calibration of a causal LM on multiple-choice questions.
 
 :class:`MultipleChoiceCalibration` scores each question's options with the model (letter logits or
 cloze log-likelihoods, see :mod:`hf_calib.eval.scoring`), softmaxes over the options and reports
 accuracy, ECE, MCE, Brier and NLL per task, macro-averaged over tasks and pooled over all questions.
 It is a plain evaluation object: ``evaluate(model, tokenizer) -> dict[str, float]``, so a Trainer
 callback can call it at every evaluation and log the keys as they are (Trainer adds ``eval_``).
-Details: ``docs/multiple_choice.md``.
+Details: ``docs/multiple_choice.md``; metric definitions and binning conventions: ``docs/metrics.md``,
+section "Conventions and formulas".
 """
 
 from __future__ import annotations

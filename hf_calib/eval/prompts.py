@@ -17,7 +17,8 @@ Plain prompt of one question (letter scoring lists the options; cloze scoring do
     ...
     Answer:
 
-The prompt always ends with ``"\\nAnswer:"`` (Thermometer's format, METHODS.md §3). With a chat
+The prompt always ends with ``"\\nAnswer:"`` (Thermometer's format, Shen et al., ICML 2024; see
+``docs/scaling.md``, section "Thermometer", and ``docs/multiple_choice.md``, section "Scoring"). With a chat
 template, everything above ``"Answer:"`` is the user message and ``"Answer:"`` starts the assistant
 turn, so the scored position is again right after ``"Answer:"``.
 """

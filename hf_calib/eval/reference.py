@@ -1,8 +1,9 @@
 """Reference-based scores of generated text, offline: ROUGE-L (``rouge-score``) and BLEU (``sacrebleu``).
 
-Both compare a prediction with one reference per example. Faysse et al. (METHODS.md section 5) show they
-track instruction following poorly; they are the cheap, deterministic baseline next to the LLM judge
-(:mod:`hf_calib.eval.judge`) and the usual metrics for generation tasks (METHODS.md section 6).
+Both compare a prediction with one reference per example. Faysse et al. (EMNLP 2023) show they track
+instruction following poorly; they are the cheap, deterministic baseline next to the LLM judge
+(:mod:`hf_calib.eval.judge`) and the usual metrics for generation tasks (Yang et al., NAACL 2024). See
+``docs/data_and_eval.md``, sections "Reference metrics" and "LLM judge".
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Post-hoc calibration: temperature scaling and Thermometer (METHODS.md §3; guide: ``docs/scaling.md``).
+"""Post-hoc calibration: temperature scaling and Thermometer (specification and guide: ``docs/scaling.md``).
+
+Temperature scaling follows Guo et al. (ICML 2017), Thermometer Shen et al. (ICML 2024) and its official code;
+where hf_calib departs from them is listed in ``docs/scaling.md`` ("Conventions (differences from the official
+code)", "Free-form answers", "Leave-one-task-out evaluation").
 
 * :class:`TemperatureScaler` — one temperature fitted on labelled logits (NLL, LBFGS on ``log T``).
 * :class:`Thermometer` + :class:`ThermometerConfig` — predicts a new task's temperature from the LLM's

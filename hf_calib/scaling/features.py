@@ -2,9 +2,10 @@
 
 For prompt ``i`` with tokens ``x_1..x_L`` the feature is ``h_i = H^{(last)}_L`` in R^d, the final
 (normed) hidden state at the prompt's last token (``"Answer:"`` in the multiple-choice prompts),
-exactly what Thermometer's official code feeds its network (METHODS.md §3). Prompts are left-padded
-so that position -1 of every row is a real token; position ids count real tokens only
-(``cumsum(attention_mask) - 1``), so a padded row gives the same features as the prompt alone.
+exactly what Thermometer's official code feeds its network (Shen et al., ICML 2024; ``docs/scaling.md``,
+section "Thermometer"). Prompts are left-padded so that position -1 of every row is a real token; position
+ids count real tokens only (``cumsum(attention_mask) - 1``), so a padded row gives the same features as the
+prompt alone.
 
 A feature matrix costs one forward per prompt, so :func:`extract_features` can store it in
 ``cache_dir/{model_cache_key(model)}/{cache_key}.safetensors``. The file also records a digest of the

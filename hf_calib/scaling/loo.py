@@ -1,4 +1,4 @@
-"""Leave-one-task-out evaluation of Thermometer against temperature-scaling baselines (METHODS.md §3).
+"""Leave-one-task-out evaluation of Thermometer against temperature-scaling baselines (Shen et al., ICML 2024).
 
 For every held-out task ``t`` and seed ``s``:
 
@@ -12,7 +12,8 @@ For every held-out task ``t`` and seed ``s``:
 Each is scored on all of task ``t``'s examples with :mod:`hf_calib.metrics` (``n_bins`` equal-width bins,
 10 as in the paper): accuracy, ECE, MCE, top-label ECE, NLL, Brier (``sum_c``) and ``brier_mean``
 (divided by C, the paper code's Brier). Only Thermometer depends on the seed; the other methods are
-deterministic and evaluated once.
+deterministic and evaluated once. The paper averages 5 seeds (default here: 3); see ``docs/scaling.md``,
+section "Leave-one-task-out evaluation".
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Training Thermometer on several labelled tasks (the official code's loop, METHODS.md §3).
+"""Training Thermometer on several labelled tasks (the official code's loop; ``docs/scaling.md``, "Thermometer").
 
 Each step picks one training task uniformly at random, draws a batch of ``batch_size`` of its training
 examples without replacement (the whole split when it is smaller), and takes one AdamW step on
