@@ -9,8 +9,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-# Submodules record it in the files they save (``from .. import __version__``).
-__version__ = "0.1.0"
+# Defined in ``_version`` (submodules import it from there, never from this package root).
+from ._version import __version__ as __version__
 
 #: Submodule (relative to this package) of each public name.
 _EXPORTS: dict[str, str] = {
@@ -75,9 +75,8 @@ _EXPORTS: dict[str, str] = {
         ("TokenCalibrationConfig", "TokenCalibrationMetrics", "token_calibration_metrics"), ".token_calibration"
     ),
     # CalibratedSFTTrainer needs TRL, an optional dependency: it is imported only when asked for.
-    **dict.fromkeys(
-        ("CalibratedLossMixin", "CalibratedSFTTrainer", "CalibratedTrainer", "FusedLossFallbackWarning"), ".trainer"
-    ),
+    "CalibratedSFTTrainer": "._sft_trainer",
+    **dict.fromkeys(("CalibratedLossMixin", "CalibratedTrainer", "FusedLossFallbackWarning"), ".trainer"),
 }
 
 #: Subpackages the eager ``__init__`` used to import: ``hf_calib.scaling`` etc. keep working after ``import hf_calib``.
@@ -157,6 +156,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static analysers and IDEs see the names eagerly
+    from ._sft_trainer import CalibratedSFTTrainer
     from .adue import (
         AdUEConfig,
         AdUEFeatures,
@@ -200,4 +200,4 @@ if TYPE_CHECKING:  # static analysers and IDEs see the names eagerly
         train_thermometer,
     )
     from .token_calibration import TokenCalibrationConfig, TokenCalibrationMetrics, token_calibration_metrics
-    from .trainer import CalibratedLossMixin, CalibratedSFTTrainer, CalibratedTrainer, FusedLossFallbackWarning
+    from .trainer import CalibratedLossMixin, CalibratedTrainer, FusedLossFallbackWarning

@@ -115,7 +115,7 @@ def _method_fn(method: str, chunk_bytes: int | None):
     import torch
     import torch.nn.functional as F
 
-    import hf_calib
+    from hf_calib.losses import fused_linear_label_smoothing_ce
     from hf_calib_kernels import chunk_rows_for
 
     def backprop(loss, hidden, weight):
@@ -143,7 +143,7 @@ def _method_fn(method: str, chunk_bytes: int | None):
         backend = "torch" if method == "fused" else "triton"
 
         def run(hidden, weight, labels):
-            loss = hf_calib.fused_linear_label_smoothing_ce(
+            loss = fused_linear_label_smoothing_ce(
                 hidden,
                 weight,
                 _shift_labels(labels),

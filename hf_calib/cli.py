@@ -184,10 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from . import recipes
+    from .recipes import run
 
     try:
-        return int(recipes.run(args.command, args) or 0)
+        return int(run(args.command, args) or 0)
     except KeyboardInterrupt:
         print("\ninterrupted; no partial output folder was left behind.", file=sys.stderr)
         return 130

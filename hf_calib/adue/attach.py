@@ -22,7 +22,8 @@ Pooling (the row the classifier's prediction is read from):
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,18 @@ from .head import AdUEHead, HeadKind
 
 ADUE_ATTRIBUTE = "adue_head"
 _RUNTIME_ATTRIBUTE = "_adue_runtime"
+
+#: What a PEFT model's patched ``save_pretrained`` calls to write the head: ``hf_calib.adue.io`` registers
+#: ``save_adue_head`` here when it is imported (``hf_calib.adue`` imports it), so this module needs no import
+#: of ``io``, which builds on it.
+HeadSaver = Callable[[nn.Module, str | os.PathLike[str]], None]
+_head_saver: HeadSaver | None = None
+
+
+def register_head_saver(saver: HeadSaver) -> None:
+    """Make every PEFT ``save_pretrained`` patched by :func:`attach_adue_head` write the head with ``saver``."""
+    global _head_saver
+    _head_saver = saver
 
 
 @dataclass
@@ -275,9 +288,9 @@ def _patch_save_pretrained(model: nn.Module, runtime: _Runtime) -> None:
     def save_pretrained(save_directory: str, *args: Any, **kwargs: Any) -> Any:
         result = original(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
-            from .io import save_adue_head
-
-            save_adue_head(model, save_directory)
+            if _head_saver is None:  # only if hf_calib.adue.io was never imported: import hf_calib.adue
+                raise RuntimeError("no AdUE head saver is registered; import hf_calib.adue before saving.")
+            _head_saver(model, save_directory)
         return result
 
     save_pretrained.__doc__ = original.__doc__

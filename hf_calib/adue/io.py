@@ -44,6 +44,7 @@ from .attach import (
     detach_adue_head,
     get_adue_head,
     hidden_size_of,
+    register_head_saver,
     transformers_model,
 )
 from .head import HEAD_KINDS
@@ -89,6 +90,10 @@ def save_adue_head(model: nn.Module, directory: str | os.PathLike[str]) -> None:
     text = json.dumps(config, indent=2, allow_nan=False) + "\n"
     write_atomic(folder / WEIGHTS_NAME, lambda path: save_file(state, path, metadata={"format": "pt"}))
     write_atomic(folder / CONFIG_NAME, lambda path: Path(path).write_text(text, encoding="utf-8"))
+
+
+# A PEFT model's save_pretrained patched by attach_adue_head writes the head with this function.
+register_head_saver(save_adue_head)
 
 
 def read_adue_config(directory: str | os.PathLike[str]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""In-domain vs out-of-domain evaluation of fine-tuned models on datasets of the same task (METHODS.md section 6).
+"""In-domain vs out-of-domain evaluation of fine-tuned models on datasets of the same task (Yang et al., NAACL 2024).
 
 Every model is scored on every dataset with the prompts it was trained on (:mod:`hf_calib.data`: the task
 template, the same chat-template choice, and for FTICL models the same demonstrations in front):
@@ -9,7 +9,8 @@ template, the same chat-template choice, and for FTICL models the same demonstra
 - **generation**: mean ROUGE-L F1 between the greedy continuation and the rendered completion.
 
 :func:`domain_report` returns a :class:`DomainReport` whose :meth:`~DomainReport.table` is a Markdown table
-(models as rows, datasets as columns, the training domain marked).
+(models as rows, datasets as columns, the training domain marked). Protocol and differences from the paper:
+``docs/data_and_eval.md``, section "In-domain vs out-of-domain".
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from hf_calib.data.chat import IGNORE_INDEX, encode_prompt, tokenize_prompt_comp
 from hf_calib.data.fticl import DEMONSTRATION_SEPARATOR, demonstration_context, with_context
 from hf_calib.data.templates import TaskTemplate, Template, check_template
 
-from .generation import _pad_id, generate_from_ids
+from .decoding import _pad_id, generate_from_ids
 from .reference import rouge_l
 from .scoring import _batches, _Forward, eval_mode
 

@@ -1,4 +1,4 @@
-"""LLM-as-judge scoring of instruction following (Faysse et al., EMNLP 2023; METHODS.md section 5).
+"""LLM-as-judge scoring of instruction following (Faysse et al., EMNLP 2023).
 
 One judge prompt per example shows the instruction, the model's response and the gold reference; the
 judge scores both from 0 to 10 and answers ``"<response score>,<reference score>"``. A reply that does not
@@ -11,7 +11,8 @@ scores): counted, reported, and left out of the means. Reported:
 - ``judge_missing`` (count), ``judge_malformed`` and ``judge_out_of_range`` (its two causes).
 
 The judge is any local Hugging Face causal LM (greedy, batched, chat template when it has one) or any
-callable ``str -> str`` (e.g. an API client).
+callable ``str -> str`` (e.g. an API client). Protocol and differences from the paper: ``docs/data_and_eval.md``,
+section "LLM judge" ("Specification (Faysse et al., EMNLP 2023)").
 """
 
 from __future__ import annotations
@@ -199,7 +200,7 @@ class LLMJudge:
         if isinstance(self.judge, nn.Module):
             from hf_calib.data.chat import encode_prompt, uses_chat_template
 
-            from .generation import generate_from_ids
+            from .decoding import generate_from_ids
 
             chat = uses_chat_template(self.tokenizer)
             prefix = list(self.tokenizer(self.reply_prefix, add_special_tokens=False)["input_ids"])

@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import __version__
 from .._fingerprint import check_fingerprint, model_fingerprint
 from .._folders import finalize_tree, staging_folder, swap_in
+from .._version import __version__
 from ._files import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,

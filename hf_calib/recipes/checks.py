@@ -162,11 +162,11 @@ def check_model_path(name: str, flag: str = "--model") -> None:
 
 def _check_alias(name: str, flag: str, kind: str) -> bool:
     """True when ``name`` is the offline alias of a ``kind`` and its asset is installed (located, not converted)."""
-    from .. import assets
+    from ..assets import minilm_path, smollm2_gguf_path
 
     aliases = {
-        CAUSAL_LM: (SMOLLM2_ALIASES, assets.smollm2_gguf_path, "SmolLM2 causal LM"),
-        ENCODER: (MINILM_ALIASES, assets.minilm_path, "MiniLM encoder"),
+        CAUSAL_LM: (SMOLLM2_ALIASES, smollm2_gguf_path, "SmolLM2 causal LM"),
+        ENCODER: (MINILM_ALIASES, minilm_path, "MiniLM encoder"),
     }
     for alias_kind, (names, locate, what) in aliases.items():
         if name not in names:
