@@ -382,17 +382,8 @@ class CalibratedAdapter(nn.Module):
         from ..scaling import TemperatureScaler, Thermometer
 
         folder = resolve_folder(path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir, endpoint=endpoint)
-        manifest = read_manifest(folder)
-        check_bundle_files(folder, manifest)
-        check_finite_tensors(folder, manifest["files"])
-        task = manifest.get("task")
-        if task not in AUTO_CLASSES:
-            raise BundleError(
-                f"{folder / MANIFEST_FILE} has an unknown task {task!r}; expected one of {list(AUTO_CLASSES)}."
-            )
-        fingerprint = manifest.get("base_model")
-        if fingerprint is not None and not isinstance(fingerprint, dict):
-            raise BundleError(f"{folder / MANIFEST_FILE} is corrupted: 'base_model' must be a JSON object.")
+        manifest = _verified_manifest(folder)
+        task, fingerprint = manifest["task"], manifest.get("base_model")
         what = f"The calibrated adapter in {folder}"
         checks = {"what": what, "require": True, "ignore_mismatch": allow_base_model_mismatch}
         if isinstance(base_model, str | os.PathLike):
@@ -424,3 +415,19 @@ class CalibratedAdapter(nn.Module):
             report=None if report is None else CalibrationReport.from_dict(report),
             card=CardInfo.from_dict(manifest.get("card") or {}),
         ).eval()
+
+
+def _verified_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest of ``folder`` once every file, tensor and field a load relies on has been checked."""
+    manifest = read_manifest(folder)
+    check_bundle_files(folder, manifest)
+    check_finite_tensors(folder, manifest["files"])
+    if manifest.get("task") not in AUTO_CLASSES:
+        raise BundleError(
+            f"{folder / MANIFEST_FILE} has an unknown task {manifest.get('task')!r}; expected one of "
+            f"{list(AUTO_CLASSES)}."
+        )
+    fingerprint = manifest.get("base_model")
+    if fingerprint is not None and not isinstance(fingerprint, dict):
+        raise BundleError(f"{folder / MANIFEST_FILE} is corrupted: 'base_model' must be a JSON object.")
+    return manifest
