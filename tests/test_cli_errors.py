@@ -30,8 +30,17 @@ def _forbidden(what: str):
     return fail
 
 
+@pytest.fixture(scope="session")
+def converted_smollm2():
+    """The offline SmolLM2 converted once to safetensors (on a fresh machine the first use converts it, which
+    loads the model: done here, before the loaders are forbidden)."""
+    from hf_calib.assets import smollm2_path
+
+    return smollm2_path()
+
+
 @pytest.fixture
-def no_long_work(monkeypatch):
+def no_long_work(monkeypatch, converted_smollm2):
     """Loading a model, preparing MMLU questions and every training loop fail the test when called."""
     import peft
     import transformers
