@@ -45,6 +45,7 @@ from ._fused_head import (
     shift_causal_labels,
     token_stats_from_logits,
 )
+from ._model_utils import base_model
 from .losses import label_smoothing_ce
 from .token_calibration import (
     TokenCalibrationConfig,
@@ -72,8 +73,7 @@ def _is_causal_lm(model: nn.Module) -> bool:
     from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    get_base = getattr(model, "get_base_model", None)
-    base = get_base() if callable(get_base) else model
+    base = base_model(model)
     config = getattr(base, "config", None)
     if config is None or getattr(config, "is_encoder_decoder", False):
         return False

@@ -33,6 +33,8 @@ import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from ._model_utils import base_model
+
 logger = logging.getLogger(__name__)
 
 #: The config fields that decide whether a calibrator fitted on one model applies to another. The name
@@ -68,17 +70,13 @@ def _config_of(model_or_config: Any) -> Any:
     config = getattr(model_or_config, "config", model_or_config)
     # PEFT wraps the base model; its config is the base model's config.
     if hasattr(model_or_config, "get_base_model"):
-        config = model_or_config.get_base_model().config
+        config = base_model(model_or_config).config
     return config
-
-
-def _base_of(model: Any) -> Any:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def is_quantized(model: Any) -> bool:
     """Whether ``model`` (or a PEFT model's base) holds quantized weights (bitsandbytes, GPTQ, AWQ, ...)."""
-    base = _base_of(model)
+    base = base_model(model)
     config = getattr(base, "config", None)
     if getattr(base, "is_quantized", False) or getattr(base, "hf_quantizer", None) is not None:
         return True
@@ -102,7 +100,7 @@ def model_fingerprint(model_or_config: Any, *, weights: bool = False) -> dict[st
     text = getattr(config, "get_text_config", None)
     text_config = text() if callable(text) else config
     archs = getattr(config, "architectures", None)
-    base = _base_of(model_or_config)
+    base = base_model(model_or_config)
     names = [type(base).__name__, *(archs or [])]
     # Every config carries a default num_labels of 2; it means something only for classifiers.
     classifier = any("SequenceClassification" in name for name in names)
@@ -126,7 +124,7 @@ def model_fingerprint(model_or_config: Any, *, weights: bool = False) -> dict[st
 
 def _base_parameters(model: Any) -> Iterator[tuple[str, Any]]:
     """``(name, tensor)`` for the base model's own parameters, under the names a plain (un-adapted) model has."""
-    base = _base_of(model)
+    base = base_model(model)
     prefix = getattr(getattr(model, "base_model", None), "prefix", None) if hasattr(model, "peft_config") else None
     for name, param in base.named_parameters():
         parts = name.split(".")
@@ -256,7 +254,7 @@ def check_fingerprint(
             if saved.get(key) is not None and current.get(key) is not None and saved[key] != current[key]
         ]
         sample = saved.get("weights")
-        if not problems and hasattr(_base_of(model), "named_parameters") and "weights" in saved:
+        if not problems and hasattr(base_model(model), "named_parameters") and "weights" in saved:
             if sample is None or is_quantized(model):
                 side = "the saved base model was" if sample is None else "this base model is"
                 warnings.warn(

@@ -29,9 +29,8 @@ from torch import nn
 from hf_calib_kernels import chunk_rows_for
 from hf_calib_kernels.token_stats import TokenRowStats, linear_row_stats
 
+from ._model_utils import IGNORE_INDEX, base_model, eval_mode, unwrap_parallel
 from .losses import fused_linear_label_smoothing_ce, label_smoothing_ce
-
-IGNORE_INDEX = -100
 
 # Config fields that make a transformers model transform its logits after the output layer
 # (transformers 5.23). The probe is authoritative when it can run: MiniCPM3 scales the hidden
@@ -238,14 +237,6 @@ class FusedLossPlan:
     reason: str | None = None
 
 
-def _base_model(model: nn.Module) -> nn.Module:
-    inner = model
-    while hasattr(inner, "module") and isinstance(inner.module, nn.Module) and not hasattr(inner, "config"):
-        inner = inner.module  # DDP / DataParallel style wrappers
-    get_base = getattr(inner, "get_base_model", None)
-    return get_base() if callable(get_base) else inner
-
-
 def _text_config(model: nn.Module):
     config = getattr(model, "config", None)
     if config is None:
@@ -303,18 +294,6 @@ def _logits_of(outputs) -> torch.Tensor:
     return outputs["logits"] if isinstance(outputs, dict) else outputs[0]
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for module, mode in modes:
-            module.training = mode
-
-
 def _probe(model: nn.Module, head: FusedLossLinear, softcap: float | None) -> tuple[bool, str | None]:
     """``(probed, reason)``: whether a probe ran, and why the fused path is wrong for this model."""
     inputs = _probe_inputs(model, head)
@@ -322,7 +301,7 @@ def _probe(model: nn.Module, head: FusedLossLinear, softcap: float | None) -> tu
         return False, None
     captured: list[torch.Tensor] = []
     hook = head.register_forward_hook(lambda _m, _i, out: captured.append(out.detach()))
-    with _eval_mode(model):
+    with eval_mode(model), torch.no_grad():
         try:
             try:
                 reference = _logits_of(model(**inputs, use_cache=False))
@@ -367,7 +346,7 @@ def plan_fused_loss(model: nn.Module, *, probe: bool = True) -> FusedLossPlan:
     with a causal LM loss), plain or PEFT-wrapped. The soft cap is read from the text config's
     ``final_logit_softcapping`` (Gemma 2/3). Returns the plan; on failure nothing stays installed.
     """
-    base = _base_model(model)
+    base = base_model(unwrap_parallel(model))  # DDP / DataParallel style wrappers, then PEFT
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     if not isinstance(head, nn.Linear) or type(head) not in (nn.Linear, FusedLossLinear):
         return FusedLossPlan(None, reason=_describe_head(head))

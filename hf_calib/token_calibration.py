@@ -34,11 +34,11 @@ import torch.nn.functional as F
 
 from hf_calib_kernels.token_stats import TokenRowStats, logits_row_stats
 
+from ._model_utils import IGNORE_INDEX
 from .metrics import CalibrationState
 from .metrics._checks import check_n_bins
 from .metrics.calibration import uniform_bin_index
 
-IGNORE_INDEX = -100
 DEFAULT_PREFIX = "token_"
 
 __all__ = [

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._model_utils import base_model
 from .head import AdUEHead, HeadKind
 
 ADUE_ATTRIBUTE = "adue_head"
@@ -61,7 +62,7 @@ class _Runtime:
 
 def transformers_model(model: nn.Module) -> nn.Module:
     """The transformers model inside ``model`` (a PEFT model's base model, else ``model`` itself)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     if not hasattr(base, "config"):
         raise TypeError(f"model must be a transformers model or a PEFT model; got {type(model).__name__}.")
     return base

@@ -16,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from .._model_utils import IGNORE_INDEX as IGNORE_INDEX  # re-exported: hf_calib.data.IGNORE_INDEX
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-IGNORE_INDEX = -100
 
 
 def tokenize_chat_completion(

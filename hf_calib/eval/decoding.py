@@ -15,26 +15,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .scoring import eval_mode, input_device
+from .._model_utils import eval_mode, greedy_generate, input_device, pad_token_id, unwrap_parallel
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 __all__ = ["generate_from_ids"]
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    # DDP / DataParallel hide generate() behind .module.
-    while hasattr(model, "module") and not hasattr(model, "generate"):
-        model = model.module
-    return model
-
-
-def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if candidate is not None:
-            return candidate
-    raise ValueError("the tokenizer has neither a pad_token nor an eos_token; set tokenizer.pad_token.")
 
 
 @torch.no_grad()
@@ -60,8 +46,8 @@ def generate_from_ids(
         raise ValueError(f"batch_size must be positive; got {batch_size}.")
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token.")
-    model = _unwrap(model)
-    pad_id = _pad_id(tokenizer)
+    model = unwrap_parallel(model, until="generate")  # DDP / DataParallel hide generate() behind .module
+    pad_id = pad_token_id(tokenizer, strict=True)
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     eos = eos if eos is not None else tokenizer.eos_token_id
     device = input_device(model)
@@ -70,21 +56,15 @@ def generate_from_ids(
     with eval_mode(model):
         for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show_progress):
             batch = order[start : start + batch_size]
-            width = max(len(prompts[i]) for i in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids[row, width - len(prompts[i]) :] = torch.tensor(list(prompts[i]), dtype=torch.long)
-                mask[row, width - len(prompts[i]) :] = 1
-            generated = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
+            new_tokens = greedy_generate(
+                model,
+                [prompts[i] for i in batch],
+                pad_id=pad_id,
                 max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=pad_id,
+                device=device,
                 eos_token_id=eos,
             )
-            texts = tokenizer.batch_decode(generated[:, width:].cpu(), skip_special_tokens=True)
+            texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
             for row, i in enumerate(batch):
                 out[i] = texts[row].strip()
     return out

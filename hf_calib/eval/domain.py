@@ -27,9 +27,10 @@ from hf_calib.data.chat import IGNORE_INDEX, encode_prompt, tokenize_prompt_comp
 from hf_calib.data.fticl import DEMONSTRATION_SEPARATOR, demonstration_context, with_context
 from hf_calib.data.templates import TaskTemplate, Template, check_template
 
-from .decoding import _pad_id, generate_from_ids
+from .._model_utils import eval_mode, pad_token_id
+from .decoding import generate_from_ids
 from .reference import rouge_l
-from .scoring import _batches, _Forward, eval_mode
+from .scoring import _batches, _Forward
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -135,7 +136,8 @@ def evaluate_domains(
         prompts, completions = _prompt_ids(dataset, template, tokenizer, context, chat)
         if task == "classification":
             classes = label_token_ids(template, dataset[0], tokenizer, chat=chat)
-            logits = _first_step_logits(model, prompts, classes, _pad_id(tokenizer), batch_size, show_progress, name)
+            pad_id = pad_token_id(tokenizer, strict=True)
+            logits = _first_step_logits(model, prompts, classes, pad_id, batch_size, show_progress, name)
             labels = torch.tensor(dataset[template.label_column()])
             scores[name] = (logits.argmax(-1) == labels).float().mean().item()
         else:

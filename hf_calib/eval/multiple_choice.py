@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import torch
 from torch import nn
 
+from .._model_utils import eval_mode, pad_token_id, unwrap_ddp
 from ..metrics import CalibrationState
 from .prompts import (
     DEFAULT_LETTERS,
@@ -35,7 +36,7 @@ from .prompts import (
     special_prefix_ids,
     split_fewshot,
 )
-from .scoring import eval_mode, score_continuations, score_letters
+from .scoring import score_continuations, score_letters
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -401,11 +402,10 @@ class MultipleChoiceCalibration:
             ``metrics`` (see :func:`multiple_choice_metrics`), or ``(metrics, details)`` with
             ``return_details=True`` (:class:`MultipleChoiceDetails`).
         """
-        if isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
-            model = model.module  # evaluate the local replica: a DDP forward would wait for the other ranks
+        model = unwrap_ddp(model)  # evaluate the local replica: a DDP forward would wait for the other ranks
         tokenizer = self._tokenizer(tokenizer)
         encoded = self._encode(tokenizer)
-        pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+        pad_id = pad_token_id(tokenizer)
         width = max(len(q.choices) for q in self.questions)
         logits = torch.full((len(self.questions), width), -torch.inf)
         options = dict(pad_id=pad_id, batch_size=self.batch_size, max_length=self.max_length)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .._text_metrics import rouge_l_f1
+
 __all__ = ["REFERENCE_METRICS", "bleu", "exact_match", "reference_scores", "rouge_l", "rouge_l_scores"]
 
 REFERENCE_METRICS = ("rougeL", "bleu", "exact_match")
@@ -34,11 +36,8 @@ def rouge_l_scores(predictions: Sequence[str], references: Sequence[str], *, use
     and ``F1 = 2PR / (P + R)``; tokens are ``rouge-score``'s lowercased alphanumeric words (Porter-stemmed
     when ``use_stemmer``). An empty prediction or reference scores 0.
     """
-    from rouge_score import rouge_scorer
-
     _check_pairs(predictions, references)
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer)
-    return [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references, strict=True)]
+    return rouge_l_f1(predictions, references, use_stemmer=use_stemmer)
 
 
 def rouge_l(predictions: Sequence[str], references: Sequence[str], *, use_stemmer: bool = True) -> float:

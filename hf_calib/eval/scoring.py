@@ -11,46 +11,22 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put ``model`` in eval mode, then restore every submodule's own ``training`` flag."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-def _base_model(model: nn.Module) -> nn.Module:
-    """The wrapped transformers model of a PEFT model (whose ``forward`` passes ``**kwargs`` through)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
-
-
-def input_device(model: nn.Module) -> torch.device:
-    """Where the input ids must go: the device of the input embeddings (also right under ``device_map``)."""
-    get_embeddings = getattr(model, "get_input_embeddings", None)
-    embeddings = get_embeddings() if callable(get_embeddings) else None
-    if embeddings is not None and getattr(embeddings, "weight", None) is not None:
-        return embeddings.weight.device
-    return next(model.parameters()).device
+from .._model_utils import base_model, input_device, left_pad
+from .._model_utils import eval_mode as eval_mode  # re-exported: hf_calib.eval.scoring.eval_mode
 
 
 class _Forward:
     """Calls ``model`` on a left-padded batch and returns the float32 logits of its last ``keep`` positions."""
 
     def __init__(self, model: nn.Module, pad_id: int) -> None:
-        params = inspect.signature(_base_model(model).forward).parameters
+        # A PEFT model's forward passes **kwargs through: its base model's signature tells what it takes.
+        params = inspect.signature(base_model(model).forward).parameters
         self.model = model
         self.pad_id = pad_id
         self.device = input_device(model)
@@ -58,12 +34,7 @@ class _Forward:
         self.logits_to_keep = "logits_to_keep" in params
 
     def __call__(self, seqs: Sequence[Sequence[int]], keep: int) -> torch.Tensor:
-        length = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), length), dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            ids[row, length - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-            mask[row, length - len(seq) :] = 1
+        ids, mask = left_pad(seqs, self.pad_id)
         kwargs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device), "use_cache": False}
         if self.position_ids:
             kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(self.device)

@@ -30,6 +30,7 @@ from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .._model_utils import unwrap_ddp
 from ._files import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, MANIFEST_FILE, README_FILE, copy_into
 from ._model import is_peft
 from .bundle import CalibratedAdapter
@@ -118,8 +119,8 @@ class CalibratedAdapterCallback(TrainerCallback):
         self, model: nn.Module | None, args: TrainingArguments, **card_overrides: Any
     ) -> CalibratedAdapter | None:
         """The bundle of ``model`` under ``args``, or None when ``model`` is not a PEFT model."""
-        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
-            model = model.module
+        if model is not None:
+            model = unwrap_ddp(model)
         if model is None or not is_peft(model):
             logger.info("hf_calib: %s is not a PEFT model; pushing without a calibrated bundle.", type(model).__name__)
             return None

@@ -31,19 +31,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._fingerprint import model_fingerprint
+from .._model_utils import base_model, eval_mode, input_device, left_pad, pad_token_id
 from .._safe_files import write_atomic
 from ..eval.prompts import special_prefix_ids
-from ..eval.scoring import eval_mode, input_device
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 _SAFE_KEY = re.compile(r"[A-Za-z0-9_.\-]+")
-
-
-def _base_model(model: nn.Module) -> nn.Module:
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
 
 
 def model_cache_key(model: nn.Module) -> str:
@@ -106,7 +101,7 @@ def _last_position_outputs(
     show_progress: bool,
     token_ids: Sequence[int] | None,
 ) -> dict[str, torch.Tensor]:
-    params = inspect.signature(_base_model(model).forward).parameters
+    params = inspect.signature(base_model(model).forward).parameters
     device = input_device(model)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # little padding per batch
     out: dict[str, torch.Tensor] = {}
@@ -114,12 +109,7 @@ def _last_position_outputs(
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     with torch.no_grad(), eval_mode(model):
         for batch in tqdm(batches, desc="Thermometer features", disable=not show_progress):
-            length = max(len(prompts[i]) for i in batch)
-            ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), length), dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids[row, length - len(prompts[i]) :] = torch.tensor(prompts[i], dtype=torch.long)
-                mask[row, length - len(prompts[i]) :] = 1
+            ids, mask = left_pad([prompts[i] for i in batch], pad_id)
             kwargs: dict[str, Any] = {
                 "input_ids": ids.to(device),
                 "attention_mask": mask.to(device),
@@ -189,7 +179,7 @@ def extract_features_and_logits(
         if not token_ids:
             raise ValueError("token_ids must be None or a non-empty list of token ids.")
     encoded = encode_prompts(tokenizer, prompts)
-    pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+    pad_id = pad_token_id(tokenizer)
 
     def compute() -> dict[str, torch.Tensor]:
         return _last_position_outputs(

@@ -21,8 +21,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._fingerprint import check_fingerprint
+from .._model_utils import base_model, eval_mode, greedy_generate, input_device, pad_token_id
+from .._text_metrics import rouge_l_f1
 from ..eval.prompts import letter_token_ids
-from ..eval.scoring import eval_mode, input_device, score_letters
+from ..eval.scoring import score_letters
 from ._checks import check_temperature
 from .features import encode_prompts, extract_features
 from .temperature import TemperatureScaler
@@ -76,8 +78,7 @@ class TemperatureScaledLM(nn.Module):
 
     def get_base_model(self) -> nn.Module:
         """The wrapped transformers model (its ``forward`` signature tells callers which inputs it takes)."""
-        get_base = getattr(self.model, "get_base_model", None)
-        return get_base() if callable(get_base) else self.model
+        return base_model(self.model)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
@@ -139,7 +140,7 @@ def score_yes_no(
     """Next-token logits of the letters A ("Yes") and B ("No") after each prompt, float32 [N, 2]."""
     ids, _ = letter_token_ids(tokenizer, "AB", "auto")
     encoded = encode_prompts(tokenizer, prompts)
-    pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+    pad_id = pad_token_id(tokenizer)
     with torch.no_grad(), eval_mode(model):
         return score_letters(model, encoded, ids, pad_id=pad_id, batch_size=batch_size, show_progress=show_progress)
 
@@ -155,34 +156,19 @@ def generate_answers(
 ) -> list[str]:
     """Greedy answers to the prompts, cut at the first newline (left padding; one batch at a time)."""
     encoded = encode_prompts(tokenizer, prompts)
-    pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+    pad_id = pad_token_id(tokenizer)
     device = input_device(model)
     answers: list[str] = [""] * len(encoded)
     starts = range(0, len(encoded), batch_size)
     with torch.no_grad(), eval_mode(model):
         for start in tqdm(starts, desc="Generating", disable=not show_progress):
             batch = encoded[start : start + batch_size]
-            length = max(len(s) for s in batch)
-            ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, seq in enumerate(batch):
-                ids[row, length - len(seq) :] = torch.tensor(seq)
-                mask[row, length - len(seq) :] = 1
-            out = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=pad_id,
-            )
-            for row, text in enumerate(tokenizer.batch_decode(out[:, length:], skip_special_tokens=True)):
+            new_tokens = greedy_generate(model, batch, pad_id=pad_id, max_new_tokens=max_new_tokens, device=device)
+            for row, text in enumerate(tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
                 answers[start + row] = text.strip().split("\n")[0].strip()
     return answers
 
 
 def rouge_l_correct(prediction: str, reference: str) -> bool:
     """Thermometer's free-form label: ROUGE-L F-measure of ``prediction`` vs ``reference`` is > 0."""
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    return scorer.score(reference, prediction)["rougeL"].fmeasure > 0
+    return rouge_l_f1([prediction], [reference], use_stemmer=False)[0] > 0
