@@ -119,3 +119,14 @@ def greedy_generate(
         **generate_kwargs,
     )
     return generated[:, ids.shape[1] :].cpu()
+
+
+def last_attended(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Rows of ``hidden`` [B, T, d] at each sequence's last position with ``attention_mask`` 1 (else -1)."""
+    import torch
+
+    if attention_mask is None or attention_mask.shape[-1] != hidden.shape[1]:
+        return hidden[:, -1]
+    positions = torch.arange(hidden.shape[1], device=hidden.device)
+    index = (positions * (attention_mask.to(hidden.device) != 0)).argmax(-1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]

@@ -38,6 +38,7 @@ from .._safe_files import (
     read_safetensors_header,
     write_atomic,
 )
+from ..calibrators import Calibrator, register_calibrator
 from .attach import (
     ADUE_ATTRIBUTE,
     attach_adue_head,
@@ -268,3 +269,49 @@ def load_adue_head(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Mo
             detach_adue_head(model)
         raise
     return model
+
+
+@register_calibrator
+class AdUEHeadCalibrator(Calibrator):
+    """The AdUE head of an adapted model as a bundle component (:class:`hf_calib.calibrators.Calibrator`).
+
+    The head lives on the model (``attach_adue_head``), so a bundle finds it with :meth:`from_model`; its files,
+    ``adue_head.safetensors`` and ``adue_config.json``, sit at the bundle's root, where PEFT's ``save_pretrained``
+    of a model with a head also writes them.
+    """
+
+    name = "adue"
+    added_outputs = {"uncertainty": "[batch], in (0, 1)"}
+
+    def __init__(self, head: nn.Module) -> None:
+        self.head = head
+
+    @classmethod
+    def from_model(cls, model: Any) -> AdUEHeadCalibrator | None:
+        try:
+            return cls(get_adue_head(model))
+        except (ValueError, TypeError):
+            return None
+
+    def save(self, folder: Path, model: Any) -> None:
+        save_adue_head(model, folder)
+
+    @classmethod
+    def load(cls, folder: Path, model: Any, entry: dict[str, Any]) -> AdUEHeadCalibrator:
+        load_adue_head(model, folder)
+        return cls(get_adue_head(model))
+
+    def manifest_entry(self) -> dict[str, Any]:
+        return {"folder": "."}
+
+    def tensors(self) -> dict[str, Any]:
+        return dict(self.head.state_dict())
+
+    def card_files(self) -> list[tuple[str | tuple[str, ...], str]]:
+        return [((WEIGHTS_NAME, CONFIG_NAME), "AdUE uncertainty head")]
+
+    def card_notes(self) -> list[str]:
+        return [
+            "- **AdUE head**: a copy of the classification head fine-tuned to score misclassification risk; "
+            "`uncertainty = (1 - SmoothMax(p)) / (1 - 1/C)`. It never changes the predictions."
+        ]

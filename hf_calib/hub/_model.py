@@ -49,15 +49,6 @@ def adapter_config(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def last_attended(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-    """Rows of ``hidden`` [B, T, d] at each sequence's last position with ``attention_mask`` 1 (else -1)."""
-    if attention_mask is None or attention_mask.shape[-1] != hidden.shape[1]:
-        return hidden[:, -1]
-    positions = torch.arange(hidden.shape[1], device=hidden.device)
-    index = (positions * (attention_mask.to(hidden.device) != 0)).argmax(-1)
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
-
-
 def load_base_model(
     path: str | os.PathLike[str],
     fingerprint: dict[str, Any],

@@ -23,6 +23,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from torch import nn
 from .._fingerprint import check_fingerprint, model_fingerprint
 from .._folders import finalize_tree, staging_folder, swap_in
 from .._version import __version__
+from ..calibrators import Calibrator, get_calibrator, registered_calibrators
 from ._files import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
@@ -49,11 +51,9 @@ from ._files import (
     resolve_folder,
     write_json_file,
 )
-from ._model import AUTO_CLASSES, adapter_config, has_adue_head, is_peft, last_attended, load_base_model, task_of
+from ._model import AUTO_CLASSES, adapter_config, has_adue_head, is_peft, load_base_model, task_of
 from .card import DIAGRAM_FILE, CardInfo, build_model_card
 from .report import CalibrationReport
-
-CALIBRATION_DIR = "calibration"
 
 
 class CalibratedAdapter(nn.Module):
@@ -84,6 +84,7 @@ class CalibratedAdapter(nn.Module):
         *,
         temperature: Any = None,
         thermometer: nn.Module | None = None,
+        calibrators: Sequence[Calibrator] = (),
         label_smoothing: float | None = None,
         report: CalibrationReport | None = None,
         card: CardInfo | None = None,
@@ -107,6 +108,8 @@ class CalibratedAdapter(nn.Module):
             raise TypeError(f"thermometer must be a hf_calib.scaling.Thermometer; got {type(thermometer).__name__}.")
         if temperature is not None and thermometer is not None:
             raise ValueError("pass either temperature or thermometer, not both: each sets the temperature.")
+        explicit = [c for c in (temperature, thermometer) if c is not None] + list(calibrators)
+        _check_calibrators(explicit)
         if label_smoothing is not None and not (
             isinstance(label_smoothing, int | float)
             and not isinstance(label_smoothing, bool)
@@ -118,59 +121,75 @@ class CalibratedAdapter(nn.Module):
         if card is not None and not isinstance(card, CardInfo):
             raise TypeError(f"card must be a CardInfo; got {type(card).__name__}.")
         self.model = model
-        self.temperature_scaler = temperature
-        self.thermometer = thermometer
+        self._explicit = explicit
+        # Calibrators that are modules (Thermometer) follow the bundle's .to() / .eval() as submodules.
+        self.calibrator_modules = nn.ModuleList(c for c in explicit if isinstance(c, nn.Module))
         self.label_smoothing = None if label_smoothing is None else float(label_smoothing)
         self.report = report
         self.card = card or CardInfo()
 
-    # ------------------------------------------------------------------ inference
+    # ------------------------------------------------------------------ components
+    @property
+    def calibrators(self) -> list[Calibrator]:
+        """The bundle's calibrators: those passed in, then those living on the model (an attached AdUE head)."""
+        found = list(self._explicit)
+        names = {c.name for c in found}
+        for cls in registered_calibrators().values():
+            if cls.name not in names and (attached := cls.from_model(self.model)) is not None:
+                found.append(attached)
+                names.add(cls.name)
+        return found
+
+    def _named(self, name: str) -> Any:
+        return next((c for c in self.calibrators if c.name == name), None)
+
+    @property
+    def temperature_scaler(self) -> Any:
+        """The :class:`hf_calib.scaling.TemperatureScaler`, or None."""
+        return self._named("temperature")
+
+    @property
+    def thermometer(self) -> Any:
+        """The :class:`hf_calib.scaling.Thermometer`, or None."""
+        return self._named("thermometer")
+
     @property
     def has_uncertainty(self) -> bool:
         """Whether outputs carry ``uncertainty`` (an AdUE head is attached)."""
         return has_adue_head(self.model)
 
+    # ------------------------------------------------------------------ inference
     def forward(self, *args: Any, temperature: float | None = None, **kwargs: Any) -> Any:
-        """The model's output plus ``calibrated_probs`` (float32, shape of ``logits``) and ``temperature``.
+        """The model's output plus ``calibrated_probs`` (float32, shape of ``logits``) and ``temperature``, and
+        what each calibrator adds (``uncertainty`` with an AdUE head).
 
         ``temperature`` overrides the bundle's (e.g. a Thermometer temperature computed once for a whole task).
         """
-        need_features = temperature is None and self.thermometer is not None
+        calibrators = self.calibrators
+        setter = next((c for c in calibrators if c.sets_temperature), None)
+        need_hidden = temperature is None and setter is not None and setter.wants_hidden_states
         wanted_hidden = kwargs.get("output_hidden_states")
-        if need_features:
+        if need_hidden:
             kwargs["output_hidden_states"] = True
         outputs = self.model(*args, **kwargs)
         logits = outputs["logits"]
         if temperature is None:
-            if self.thermometer is not None:
-                features = last_attended(outputs["hidden_states"][-1], kwargs.get("attention_mask"))
-                temperature = self.thermometer.predict_temperature(features.float())
-                if not wanted_hidden:
-                    outputs["hidden_states"] = None
-            elif self.temperature_scaler is not None:
-                temperature = self.temperature_scaler.temperature
-            else:
-                temperature = 1.0
+            temperature = 1.0 if setter is None else setter.temperature_for(outputs, kwargs)
+            if need_hidden and not wanted_hidden:
+                outputs["hidden_states"] = None
         if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 < temperature < math.inf:
             raise ValueError(f"temperature must be a finite number > 0; got {temperature!r}.")
         outputs["temperature"] = torch.tensor(float(temperature))
         outputs["calibrated_probs"] = torch.softmax(logits.float() / float(temperature), dim=-1)
+        for calibrator in calibrators:
+            calibrator.update_outputs(outputs, kwargs)
         return outputs
 
     # ------------------------------------------------------------------ saving
     def manifest(self, files: list[str], checksums: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
         """The ``calibration.json`` content for a bundle holding ``files`` (with their ``checksums``)."""
-        components: dict[str, Any] = {"temperature": None, "thermometer": None, "adue": None}
-        if self.temperature_scaler is not None:
-            components["temperature"] = {
-                "file": f"{CALIBRATION_DIR}/temperature.json",
-                "value": self.temperature_scaler.temperature,
-                "at_bound": getattr(self.temperature_scaler, "at_bound", None),
-            }
-        if self.thermometer is not None:
-            components["thermometer"] = {"folder": CALIBRATION_DIR}
-        if self.has_uncertainty:
-            components["adue"] = {"folder": "."}
+        components: dict[str, Any] = dict.fromkeys(registered_calibrators())
+        components.update({c.name: dict(c.manifest_entry()) for c in self.calibrators})
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -202,12 +221,9 @@ class CalibratedAdapter(nn.Module):
             repo_id=repo_id,
             adapter=adapter_config(self.model),
             label_smoothing=self.label_smoothing,
-            temperature=None if self.temperature_scaler is None else self.temperature_scaler.temperature,
-            thermometer=self.thermometer is not None,
-            adue=self.has_uncertainty,
+            calibrators=self.calibrators,
             report=self.report,
             diagram=diagram,
-            temperature_at_bound=getattr(self.temperature_scaler, "at_bound", None),
         )
 
     def write_components(self, folder: str | os.PathLike[str], *, adapter: bool = True) -> list[str]:
@@ -222,14 +238,8 @@ class CalibratedAdapter(nn.Module):
             # PEFT writes adapter_config.json, adapter_model.safetensors and its own README (replaced below);
             # a PEFT model with an AdUE head also writes the head (attach_adue_head extends save_pretrained).
             self.model.save_pretrained(str(folder), safe_serialization=True)
-        if self.has_uncertainty and not (folder / "adue_head.safetensors").is_file():
-            from ..adue import save_adue_head
-
-            save_adue_head(self.model, folder)
-        if self.temperature_scaler is not None:
-            self.temperature_scaler.save_pretrained(folder / CALIBRATION_DIR, model=self.model)
-        if self.thermometer is not None:
-            self.thermometer.save_pretrained(folder / CALIBRATION_DIR, model=self.model)
+        for calibrator in self.calibrators:
+            calibrator.save(folder, self.model)
         if self.report is not None and self.report.state is not None and self.report.state.n_samples > 0:
             self.report.save_diagram(folder / DIAGRAM_FILE)
         (folder / README_FILE).unlink(missing_ok=True)
@@ -270,12 +280,8 @@ class CalibratedAdapter(nn.Module):
         from peft import get_peft_model_state_dict
 
         tensors = [(f"adapter tensor {k}", v) for k, v in get_peft_model_state_dict(self.model).items()]
-        if self.has_uncertainty:
-            from ..adue import get_adue_head
-
-            tensors += [(f"AdUE head tensor {k}", v) for k, v in get_adue_head(self.model).state_dict().items()]
-        if self.thermometer is not None:
-            tensors += [(f"Thermometer tensor {k}", v) for k, v in self.thermometer.state_dict().items()]
+        for calibrator in self.calibrators:
+            tensors += [(f"{calibrator.name} tensor {k}", v) for k, v in calibrator.tensors().items()]
         for what, tensor in tensors:
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 raise ValueError(
@@ -379,8 +385,6 @@ class CalibratedAdapter(nn.Module):
         """
         from peft import PeftModel
 
-        from ..scaling import TemperatureScaler, Thermometer
-
         folder = resolve_folder(path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir, endpoint=endpoint)
         manifest = _verified_manifest(folder)
         task, fingerprint = manifest["task"], manifest.get("base_model")
@@ -396,21 +400,15 @@ class CalibratedAdapter(nn.Module):
             )
         check_fingerprint(fingerprint, base_model, **checks)
         model = PeftModel.from_pretrained(base_model, str(folder), is_trainable=is_trainable)
-        components = manifest.get("components") or {}
-        temperature = thermometer = None
-        if components.get("temperature"):
-            temperature = TemperatureScaler.from_pretrained(folder / CALIBRATION_DIR, model=model)
-        if components.get("thermometer"):
-            thermometer = Thermometer.from_pretrained(folder / CALIBRATION_DIR, model=model)
-        if components.get("adue"):
-            from ..adue import load_adue_head
-
-            load_adue_head(model, folder)
+        loaded = [
+            _calibrator_class(name, folder).load(folder, model, entry)
+            for name, entry in (manifest.get("components") or {}).items()
+            if entry is not None
+        ]
         report = manifest.get("report")
         return cls(
             model,
-            temperature=temperature,
-            thermometer=thermometer,
+            calibrators=loaded,
             label_smoothing=manifest.get("label_smoothing"),
             report=None if report is None else CalibrationReport.from_dict(report),
             card=CardInfo.from_dict(manifest.get("card") or {}),
@@ -430,4 +428,44 @@ def _verified_manifest(folder: Path) -> dict[str, Any]:
     fingerprint = manifest.get("base_model")
     if fingerprint is not None and not isinstance(fingerprint, dict):
         raise BundleError(f"{folder / MANIFEST_FILE} is corrupted: 'base_model' must be a JSON object.")
+    components = manifest.get("components")
+    if components is not None and not (
+        isinstance(components, dict) and all(v is None or isinstance(v, dict) for v in components.values())
+    ):
+        raise BundleError(f"{folder / MANIFEST_FILE} is corrupted: 'components' must map names to objects or null.")
+    for name, entry in (components or {}).items():
+        if entry is not None:
+            _calibrator_class(name, folder)
     return manifest
+
+
+def _calibrator_class(name: str, folder: Path) -> type[Calibrator]:
+    """The registered calibrator ``name`` a bundle needs (the built-in ones are imported first)."""
+    # The built-in calibrators register themselves when their modules are imported.
+    from ..adue import io as _adue  # noqa: F401
+    from ..scaling import temperature as _temperature  # noqa: F401
+
+    try:
+        return get_calibrator(name)
+    except KeyError as err:
+        raise BundleError(f"{folder / MANIFEST_FILE}: {err.args[0]}") from None
+
+
+def _check_calibrators(calibrators: list[Any]) -> None:
+    """Each is a registered :class:`Calibrator`, names are unique, and at most one sets the temperature."""
+    for calibrator in calibrators:
+        if not isinstance(calibrator, Calibrator):
+            raise TypeError(
+                f"calibrators must be hf_calib.calibrators.Calibrator instances; got {type(calibrator).__name__}."
+            )
+        if registered_calibrators().get(calibrator.name) is not type(calibrator):
+            raise ValueError(
+                f"{type(calibrator).__name__} is not registered under its name {calibrator.name!r}; decorate it "
+                "with @hf_calib.calibrators.register_calibrator so the bundle can load it back."
+            )
+    names = [c.name for c in calibrators]
+    if len(set(names)) != len(names):
+        raise ValueError(f"each calibrator may appear once in a bundle; got {names}.")
+    setters = [c.name for c in calibrators if c.sets_temperature]
+    if len(setters) > 1:
+        raise ValueError(f"only one calibrator may set the temperature; got {setters}.")

@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .._model_utils import unwrap_ddp
+from ..calibrators import Calibrator
 from ._files import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, MANIFEST_FILE, README_FILE, copy_into
 from ._model import is_peft
 from .bundle import CalibratedAdapter
@@ -78,7 +80,8 @@ class CalibratedAdapterCallback(TrainerCallback):
         callback.push_to_hub(trainer)  # plain Trainer; CalibratedTrainer: trainer.push_to_hub()
 
     Args:
-        temperature, thermometer, report, card: as in :class:`CalibratedAdapter` (attributes, settable later).
+        temperature, thermometer, calibrators, report, card: as in :class:`CalibratedAdapter` (attributes,
+            settable later).
         label_smoothing: the epsilon recorded in the bundle; None takes ``args.label_smoothing_factor``.
         token_calibration: when no ``report`` is set, report the token-level calibration of the latest
             evaluation (``CalibratedTrainer.token_calibration.last_state``) instead.
@@ -91,6 +94,7 @@ class CalibratedAdapterCallback(TrainerCallback):
         *,
         temperature: Any = None,
         thermometer: nn.Module | None = None,
+        calibrators: Sequence[Calibrator] = (),
         report: CalibrationReport | None = None,
         card: CardInfo | None = None,
         label_smoothing: float | None = None,
@@ -98,6 +102,7 @@ class CalibratedAdapterCallback(TrainerCallback):
     ) -> None:
         self.temperature = temperature
         self.thermometer = thermometer
+        self.calibrators = list(calibrators)
         self.report = report
         self.card = card or CardInfo()
         self.label_smoothing = label_smoothing
@@ -135,6 +140,7 @@ class CalibratedAdapterCallback(TrainerCallback):
             model,
             temperature=self.temperature,
             thermometer=self.thermometer,
+            calibrators=self.calibrators,
             label_smoothing=smoothing,
             report=self._report(),
             card=card,

@@ -9,11 +9,13 @@ and after calibration, and embeds ``reliability_diagram.png``.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..calibrators import Calibrator
 from .report import HEADLINE_METRICS, CalibrationReport
 
 DIAGRAM_FILE = "reliability_diagram.png"
@@ -130,14 +132,17 @@ def build_model_card(
     repo_id: str | None,
     adapter: dict[str, Any],
     label_smoothing: float | None,
-    temperature: float | None,
-    thermometer: bool,
-    adue: bool,
+    calibrators: Sequence[Calibrator],
     report: CalibrationReport | None,
     diagram: bool,
-    temperature_at_bound: str | None = None,
 ) -> ModelCard:
-    """Build the card of a bundle (see the module docstring); ``adapter`` is the PEFT ``adapter_config.json``."""
+    """Build the card of a bundle (see the module docstring); ``adapter`` is the PEFT ``adapter_config.json``.
+
+    Each calibrator contributes its rows of the file table, its notes under "Calibration" and the outputs it
+    adds (:class:`hf_calib.calibrators.Calibrator`).
+    """
+    scaled = any(c.sets_temperature for c in calibrators)
+    added = {name: text for c in calibrators for name, text in c.added_outputs.items()}
     model_name = info.model_name or (repo_id.split("/")[-1] if repo_id else "calibrated-adapter")
     peft_type = str(adapter.get("peft_type", "LORA")).lower()
     tags = ["hf-calib", "calibration", "peft", peft_type] + [t for t in info.tags if t]
@@ -167,7 +172,7 @@ def build_model_card(
         f"A {method} adapter for {base_ref}, packaged by hf_calib with what calibrates it: the model's outputs "
         "carry calibrated "
         + ("next-token probabilities" if task == "causal_lm" else "class probabilities")
-        + (" and a per-example uncertainty" if adue else "")
+        + "".join(f" and a per-example {name}" for name in added)
         + ".",
         "",
         "## What is in this repository",
@@ -177,14 +182,10 @@ def build_model_card(
         "| `adapter_config.json`, `adapter_model.safetensors` | the PEFT adapter (loads with PEFT alone) |",
         "| `calibration.json` | manifest: base-model fingerprint, label smoothing, components, metrics |",
     ]
-    if temperature is not None:
-        lines.append(f"| `calibration/temperature.json` | temperature scaling, T = {temperature:.4g} |")
-    if thermometer:
-        lines.append(
-            "| `calibration/thermometer*` | Thermometer: predicts a temperature from the inputs' last hidden states |"
-        )
-    if adue:
-        lines.append("| `adue_head.safetensors`, `adue_config.json` | AdUE uncertainty head |")
+    for calibrator in calibrators:
+        for files, what in calibrator.card_files():
+            names = (files,) if isinstance(files, str) else files
+            lines.append(f"| {', '.join(f'`{name}`' for name in names)} | {what} |")
     if diagram:
         lines.append(f"| `{DIAGRAM_FILE}` | reliability diagram of the calibrated probabilities |")
     lines += [
@@ -203,7 +204,7 @@ def build_model_card(
         'inputs = tokenizer(["An example input."], return_tensors="pt")',
         "outputs = model(**inputs)",
         "outputs.calibrated_probs  # softmax(logits / T)"
-        + ("\noutputs.uncertainty  # [batch], in (0, 1)" if adue else ""),
+        + "".join(f"\noutputs.{name}  # {text}" for name, text in added.items()),
         "```",
         "",
         "Loading verifies the SHA-256 of every file listed in `calibration.json`, refuses non-finite weights, and "
@@ -214,32 +215,13 @@ def build_model_card(
         "## Calibration",
         "",
     ]
-    if temperature is not None:
-        lines.append(
-            f"- **Temperature scaling**: probabilities are `softmax(logits / T)` with T = {temperature:.4g}, "
-            "fitted by minimising the NLL on held-out labelled data; predictions (the argmax) are unchanged."
-        )
-        if temperature_at_bound:
-            lines.append(
-                f"  **Caution:** the fit stopped at the {'lowest' if temperature_at_bound == 'min' else 'highest'} "
-                "temperature it allows, so T is a bound, not an optimum (typically perfectly separable or "
-                "degenerate held-out data); treat the calibrated probabilities with care."
-            )
-    if thermometer:
-        lines.append(
-            "- **Thermometer**: a small network maps the last hidden state at each input's last token to an inverse "
-            "temperature; one temperature per call, `1 / mean(beta)`, rescales the logits. Predictions are unchanged."
-        )
-    if adue:
-        lines.append(
-            "- **AdUE head**: a copy of the classification head fine-tuned to score misclassification risk; "
-            "`uncertainty = (1 - SmoothMax(p)) / (1 - 1/C)`. It never changes the predictions."
-        )
+    for calibrator in calibrators:
+        lines += calibrator.card_notes()
     if label_smoothing:
         lines.append(f"- **Label smoothing during fine-tuning**: epsilon = {label_smoothing:g}.")
     elif label_smoothing is not None:
         lines.append("- **Label smoothing during fine-tuning**: none (epsilon = 0).")
-    if temperature is None and not thermometer:
+    if not scaled:
         lines.append("- No post-hoc scaling: probabilities are the model's own softmax.")
     lines.append("")
     if report is not None:
@@ -257,7 +239,7 @@ def build_model_card(
             *_metrics_table(report),
             "",
         ]
-        if report.temperature is None and (temperature is not None or thermometer):
+        if report.temperature is None and scaled:
             lines += ["These metrics were measured without post-hoc scaling (T = 1).", ""]
     if diagram:
         lines += [

@@ -22,6 +22,7 @@ import torch
 
 from .._fingerprint import check_fingerprint, model_fingerprint
 from .._safe_files import read_json, write_json
+from ..calibrators import CALIBRATION_DIR, Calibrator, register_calibrator
 from ._checks import check_logits, check_logits_labels, check_temperature, scale_logits
 
 TEMPERATURE_FILE = "temperature.json"
@@ -142,7 +143,8 @@ def fit_temperature(
     return temperature
 
 
-class TemperatureScaler:
+@register_calibrator
+class TemperatureScaler(Calibrator):
     """One temperature for a model's logits: fit on labelled logits, apply, save next to an adapter.
 
     Example::
@@ -213,6 +215,40 @@ class TemperatureScaler:
     def predict_proba(self, logits: Any) -> torch.Tensor:
         """``softmax(logits / T)`` over the last dimension."""
         return torch.softmax(self.scale(logits), dim=-1)
+
+    # ------------------------------------------------------------------ as a bundle component
+    name = "temperature"
+    sets_temperature = True
+
+    def save(self, folder: Path, model: Any) -> None:
+        """Write ``calibration/temperature.json`` into a bundle folder (:class:`hf_calib.calibrators.Calibrator`)."""
+        self.save_pretrained(Path(folder) / CALIBRATION_DIR, model=model)
+
+    @classmethod
+    def load(cls, folder: Path, model: Any, entry: dict[str, Any]) -> TemperatureScaler:
+        return cls.from_pretrained(Path(folder) / CALIBRATION_DIR, model=model)
+
+    def manifest_entry(self) -> dict[str, Any]:
+        return {"file": f"{CALIBRATION_DIR}/{TEMPERATURE_FILE}", "value": self.temperature, "at_bound": self.at_bound}
+
+    def temperature_for(self, outputs: Any, call_kwargs: dict[str, Any]) -> float:
+        return self.temperature
+
+    def card_files(self) -> list[tuple[str, str]]:
+        return [(f"{CALIBRATION_DIR}/{TEMPERATURE_FILE}", f"temperature scaling, T = {self.temperature:.4g}")]
+
+    def card_notes(self) -> list[str]:
+        notes = [
+            f"- **Temperature scaling**: probabilities are `softmax(logits / T)` with T = {self.temperature:.4g}, "
+            "fitted by minimising the NLL on held-out labelled data; predictions (the argmax) are unchanged."
+        ]
+        if self.at_bound:
+            notes.append(
+                f"  **Caution:** the fit stopped at the {'lowest' if self.at_bound == 'min' else 'highest'} "
+                "temperature it allows, so T is a bound, not an optimum (typically perfectly separable or "
+                "degenerate held-out data); treat the calibrated probabilities with care."
+            )
+        return notes
 
     def save_pretrained(self, directory: str | os.PathLike[str], model: Any = None) -> Path:
         """Write ``directory/temperature.json`` (atomically); with ``model``, record its fingerprint.

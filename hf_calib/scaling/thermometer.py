@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .._fingerprint import check_fingerprint, model_fingerprint
+from .._model_utils import last_attended
 from .._safe_files import (
     FLOAT_DTYPES,
     TORCH_DTYPES,
@@ -43,6 +44,7 @@ from .._safe_files import (
     write_atomic,
     write_json,
 )
+from ..calibrators import CALIBRATION_DIR, Calibrator, register_calibrator
 from ._checks import check_features, scale_logits
 
 WEIGHTS_FILE = "thermometer.safetensors"
@@ -147,7 +149,8 @@ def thermometer_loss(
     return ce + config.lambda_reg * gamma_prior_nll(1.0 / beta, config.gamma_shape, config.gamma_scale)
 
 
-class Thermometer(nn.Module):
+@register_calibrator
+class Thermometer(nn.Module, Calibrator):
     """The Thermometer network (see the module docstring); ``forward(features [N, d]) -> beta [N]``."""
 
     def __init__(self, config: ThermometerConfig) -> None:
@@ -202,6 +205,42 @@ class Thermometer(nn.Module):
         return temperature
 
     # ------------------------------------------------------------------------------------------ saving
+    # ------------------------------------------------------------------ as a bundle component
+    name = "thermometer"
+    sets_temperature = True
+    wants_hidden_states = True
+
+    def save(self, folder: Path, model: Any) -> None:
+        """Write ``calibration/thermometer*`` into a bundle folder (:class:`hf_calib.calibrators.Calibrator`)."""
+        self.save_pretrained(Path(folder) / CALIBRATION_DIR, model=model)
+
+    @classmethod
+    def load(cls, folder: Path, model: Any, entry: dict[str, Any]) -> Thermometer:
+        return cls.from_pretrained(Path(folder) / CALIBRATION_DIR, model=model)
+
+    def manifest_entry(self) -> dict[str, Any]:
+        return {"folder": CALIBRATION_DIR}
+
+    def temperature_for(self, outputs: Any, call_kwargs: dict[str, Any]) -> float:
+        """``1 / mean_i beta(h_i)`` over the call's inputs, ``h_i`` the last hidden state at input i's last
+        attended token."""
+        features = last_attended(outputs["hidden_states"][-1], call_kwargs.get("attention_mask"))
+        return self.predict_temperature(features.float())
+
+    def card_files(self) -> list[tuple[str, str]]:
+        return [
+            (
+                f"{CALIBRATION_DIR}/thermometer*",
+                "Thermometer: predicts a temperature from the inputs' last hidden states",
+            )
+        ]
+
+    def card_notes(self) -> list[str]:
+        return [
+            "- **Thermometer**: a small network maps the last hidden state at each input's last token to an inverse "
+            "temperature; one temperature per call, `1 / mean(beta)`, rescales the logits. Predictions are unchanged."
+        ]
+
     def save_pretrained(self, directory: str | os.PathLike[str], model: Any = None) -> Path:
         """Write ``thermometer.safetensors`` and ``thermometer_config.json`` into ``directory``.
 
