@@ -141,7 +141,7 @@ def test_fused_large_odd_vocab_many_chunks(reference_ce, vocab, reduction, softc
 
 
 # --------------------------------------------------------------------------------------------
-# Pitfalls of METHODS.md section 1
+# Pitfalls the kernels guard against (docs/loss.md, "Pitfalls the kernels guard against")
 # --------------------------------------------------------------------------------------------
 
 
