@@ -36,8 +36,6 @@ from hf_calib_kernels.token_stats import TokenRowStats, logits_row_stats
 
 from ._model_utils import IGNORE_INDEX
 from .metrics import CalibrationState
-from .metrics._checks import check_n_bins
-from .metrics.calibration import uniform_bin_index
 
 DEFAULT_PREFIX = "token_"
 
@@ -54,7 +52,7 @@ __all__ = [
 
 def stats_width(n_bins: int) -> int:
     """Length ``3 * n_bins + 3`` of one sample's row of sufficient statistics."""
-    return 3 * check_n_bins(n_bins) + 3
+    return CalibrationState.packed_width(n_bins)
 
 
 def _check_prefix(prefix: str) -> str:
@@ -63,9 +61,9 @@ def _check_prefix(prefix: str) -> str:
     return prefix
 
 
-def _accumulator_dtype(device: torch.device) -> torch.dtype:
-    # MPS has no float64; everything else sums in float64.
-    return torch.float32 if device.type == "mps" else torch.float64
+def _check_n_bins(n_bins: int) -> int:
+    CalibrationState.packed_width(n_bins)  # validates n_bins with the metrics' message
+    return int(n_bins)
 
 
 def pack_token_stats(
@@ -80,7 +78,6 @@ def pack_token_stats(
     Raises:
         ValueError: if any token's logits hold NaN or inf.
     """
-    n_bins = check_n_bins(n_bins)
     n_bad = int((~row_stats.finite).sum().item())
     if n_bad:
         raise ValueError(
@@ -88,22 +85,15 @@ def pack_token_stats(
             "diverged or its output was corrupted. Token calibration needs finite logits: fix the model, or set "
             "those labels to the ignore index."
         )
-    device = row_stats.confidence.device
-    dtype = _accumulator_dtype(device)
-    width = 3 * n_bins + 3
-    out = torch.zeros(n_samples * width, dtype=dtype, device=device)
-    if sample_index.numel() == 0:
-        return out.view(n_samples, width)
-    base = sample_index.to(device) * width
-    bins = uniform_bin_index(row_stats.confidence, n_bins).to(device)
-    ones = torch.ones(sample_index.numel(), dtype=dtype, device=device)
-    out.index_add_(0, base + bins, ones)
-    out.index_add_(0, base + n_bins + bins, row_stats.confidence.to(dtype))
-    out.index_add_(0, base + 2 * n_bins + bins, row_stats.correct.to(dtype))
-    out.index_add_(0, base + 3 * n_bins, row_stats.nll.to(dtype))
-    out.index_add_(0, base + 3 * n_bins + 1, row_stats.brier.to(dtype))
-    out.index_add_(0, base + 3 * n_bins + 2, ones)
-    return out.view(n_samples, width)
+    return CalibrationState.pack_rows(
+        row_stats.confidence,
+        row_stats.correct,
+        row_stats.nll,
+        row_stats.brier,
+        sample_index,
+        n_samples,
+        n_bins=n_bins,
+    )
 
 
 def _as_tensor(x: Any, name: str) -> torch.Tensor:
@@ -137,7 +127,7 @@ def token_calibration_stats(
         ValueError: on non-3-D logits, labels of another shape than ``logits.shape[:2]``, non-integer labels,
             targets outside ``[0, V)``, or NaN/inf logits at a supervised position.
     """
-    n_bins = check_n_bins(n_bins)
+    n_bins = _check_n_bins(n_bins)
     z = _as_tensor(logits, "logits")
     y = _as_tensor(labels, "labels")
     if z.ndim != 3 or not z.is_floating_point():
@@ -175,7 +165,6 @@ def token_calibration_state(stats: torch.Tensor | np.ndarray, *, n_bins: int = 1
         ValueError: if ``stats`` is not such an array (wrong width, NaN/inf, negative or inconsistent counts),
             e.g. raw logits passed without ``preprocess_logits_for_metrics``.
     """
-    n_bins = check_n_bins(n_bins)
     width = stats_width(n_bins)
     s = _as_tensor(stats, "stats")
     if s.ndim != 2 or s.shape[1] != width or not s.is_floating_point():
@@ -184,33 +173,12 @@ def token_calibration_state(stats: torch.Tensor | np.ndarray, *, n_bins: int = 1
             f"{tuple(s.shape)} {s.dtype}. Pass preprocess_logits_for_metrics from the same "
             "token_calibration_metrics(...) to the Trainer, with the same n_bins."
         )
-    total = s.to(torch.float64).sum(dim=0).cpu()
-    count = total[:n_bins]
-    if not bool(torch.isfinite(total).all()) or bool((count < 0).any()):
-        raise ValueError("per-sample token statistics hold NaN, inf or negative counts; they are not such statistics.")
-    if bool((count != count.round()).any()) or float(count.sum()) != float(total[3 * n_bins + 2]):
+    try:
+        return CalibrationState.from_packed(s, n_bins=n_bins)
+    except ValueError as err:
         raise ValueError(
-            "per-sample token statistics are inconsistent (bin counts are not integers or do not add up to the token "
-            "count): pass preprocess_logits_for_metrics from the same token_calibration_metrics(...), same n_bins."
-        )
-    n = int(count.sum().item())
-    state = CalibrationState(n_bins, keep_samples=False)
-    tracked = torch.tensor(n, dtype=torch.int64)
-    state.load_state_dict(
-        {
-            "n_bins": torch.tensor(n_bins),
-            "num_classes": torch.tensor(0),
-            "keep_samples": torch.tensor(False),
-            "bin_count": count.round().to(torch.int64),
-            "bin_confidence_sum": total[n_bins : 2 * n_bins],
-            "bin_correct_sum": total[2 * n_bins : 3 * n_bins],
-            "nll_sum": total[3 * n_bins],
-            "nll_count": tracked,
-            "brier_sum": total[3 * n_bins + 1],
-            "brier_count": tracked,
-        }
-    )
-    return state
+            f"{err} Pass preprocess_logits_for_metrics from the same token_calibration_metrics(...), same n_bins."
+        ) from None
 
 
 def _summary(state: CalibrationState, prefix: str) -> dict[str, float]:
@@ -241,7 +209,7 @@ class TokenCalibrationConfig:
     reliability_diagram: bool = True
 
     def __post_init__(self) -> None:
-        check_n_bins(self.n_bins)
+        _check_n_bins(self.n_bins)
         _check_prefix(self.prefix)
         if not isinstance(self.reliability_diagram, bool):
             raise ValueError(f"reliability_diagram must be True or False; got {self.reliability_diagram!r}.")
@@ -277,7 +245,7 @@ class TokenCalibrationMetrics:
         preprocess_logits_for_metrics: Callable[[Any, Any], Any] | None = None,
         chunk_bytes: int | None = None,
     ) -> None:
-        self.n_bins = check_n_bins(n_bins)
+        self.n_bins = _check_n_bins(n_bins)
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
             raise ValueError(f"ignore_index must be an integer such as -100; got {ignore_index!r}.")
         self.ignore_index = ignore_index

@@ -337,3 +337,43 @@ def test_sync_without_process_group_returns_a_copy():
     copy = state.sync()
     copy.update([0.5], [1])
     assert state.n_samples == 2 and copy.n_samples == 3
+
+
+def test_packed_rows_sum_to_the_state_fed_the_same_samples() -> None:
+    g = torch.Generator().manual_seed(7)
+    n, n_bins = 500, 15
+    confidence = torch.rand(n, generator=g, dtype=torch.float64)
+    confidence[:5] = torch.tensor([0.0, 1.0, 1 / 15, 2 / 15, 0.5])  # bin edges
+    correct = torch.rand(n, generator=g) < confidence
+    nll = torch.rand(n, generator=g, dtype=torch.float64) * 3
+    brier = torch.rand(n, generator=g, dtype=torch.float64) * 2
+    group = torch.randint(0, 7, (n,), generator=g)
+    packed = CalibrationState.pack_rows(confidence, correct, nll, brier, group, 9, n_bins=n_bins)
+    assert packed.shape == (9, CalibrationState.packed_width(n_bins)) == (9, 48)
+    assert packed[7:].abs().sum() == 0, "groups without samples are rows of zeros"
+    state = CalibrationState.from_packed(packed, n_bins=n_bins)
+    reference = CalibrationState(n_bins, keep_samples=False)
+    reference.update(confidence, correct, nll=nll, brier=brier)
+    got, want = state.compute(), reference.compute()
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key] == pytest.approx(want[key], rel=1e-12, abs=1e-12), key
+    assert CalibrationState.from_packed(packed[:0], n_bins=n_bins).n_samples == 0
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda p: p[:, :-1], "shape"),
+        (lambda p: p.index_fill(1, torch.tensor([0]), float("nan")), "NaN"),
+        (lambda p: p.index_fill(1, torch.tensor([0]), 0.5), "inconsistent"),
+        (lambda p: p.index_fill(1, torch.tensor([47]), 1e6), "inconsistent"),
+    ],
+)
+def test_packed_rows_are_validated(edit, message) -> None:
+    confidence = torch.tensor([0.2, 0.9], dtype=torch.float64)
+    packed = CalibrationState.pack_rows(
+        confidence, torch.tensor([True, False]), confidence, confidence, torch.tensor([0, 1]), 2, n_bins=15
+    )
+    with pytest.raises(ValueError, match=message):
+        CalibrationState.from_packed(edit(packed), n_bins=15)

@@ -352,6 +352,91 @@ class CalibrationState:
                 out["misclassification_auroc"] = misclassification_auroc(unc, errors)
         return out
 
+    # ------------------------------------------------------------------ packed form
+    # One float row of 3 * n_bins + 3 numbers holds a group of samples' sufficient statistics, so per-sample
+    # (or per-sequence) rows travel through Trainer's gathering like predictions and add up to a state:
+    #   [0, B)    sample count of equal-width confidence bin b = (b/B, (b+1)/B]
+    #   [B, 2B)   sum of the confidences in bin b
+    #   [2B, 3B)  sum of the correctness in bin b
+    #   3B        sum of nll        3B + 1   sum of brier        3B + 2   number of samples
+    @staticmethod
+    def packed_width(n_bins: int) -> int:
+        """Length ``3 * n_bins + 3`` of one packed row (layout: :meth:`pack_rows`)."""
+        return 3 * check_n_bins(n_bins) + 3
+
+    @staticmethod
+    def pack_rows(
+        confidence: torch.Tensor,
+        correct: torch.Tensor,
+        nll: torch.Tensor,
+        brier: torch.Tensor,
+        group: torch.Tensor,
+        n_groups: int,
+        *,
+        n_bins: int = 15,
+    ) -> torch.Tensor:
+        """Packed statistics ``[n_groups, 3 * n_bins + 3]`` of samples ``i`` (1-D tensors ``confidence``,
+        ``correct``, ``nll``, ``brier``), each added to the row ``group[i]``; groups without samples are zeros.
+
+        Row layout: bin counts [0, B), bin confidence sums [B, 2B), bin correctness sums [2B, 3B), then the sums
+        of nll and Brier and the sample count. Sums are float64 (float32 on MPS, which has no float64) on the
+        inputs' device; no device-to-host copy. :meth:`from_packed` turns summed rows back into a state.
+        """
+        n_bins = check_n_bins(n_bins)
+        device = confidence.device
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        width = 3 * n_bins + 3
+        out = torch.zeros(n_groups * width, dtype=dtype, device=device)
+        if group.numel() == 0:
+            return out.view(n_groups, width)
+        base = group.to(device) * width
+        bins = uniform_bin_index(confidence, n_bins).to(device)
+        ones = torch.ones(group.numel(), dtype=dtype, device=device)
+        out.index_add_(0, base + bins, ones)
+        out.index_add_(0, base + n_bins + bins, confidence.to(dtype))
+        out.index_add_(0, base + 2 * n_bins + bins, correct.to(dtype))
+        out.index_add_(0, base + 3 * n_bins, nll.to(dtype))
+        out.index_add_(0, base + 3 * n_bins + 1, brier.to(dtype))
+        out.index_add_(0, base + 3 * n_bins + 2, ones)
+        return out.view(n_groups, width)
+
+    @classmethod
+    def from_packed(cls, packed: torch.Tensor, *, n_bins: int = 15) -> CalibrationState:
+        """The state (``keep_samples=False``, with NLL and Brier) of packed rows ``[N, 3 * n_bins + 3]``, summed.
+
+        Raises:
+            ValueError: if ``packed`` is not such rows (wrong shape, NaN/inf, negative, fractional or
+                inconsistent counts).
+        """
+        n_bins = check_n_bins(n_bins)
+        width = 3 * n_bins + 3
+        if packed.ndim != 2 or packed.shape[1] != width or not packed.is_floating_point():
+            raise ValueError(
+                f"packed statistics must be float rows of shape [N, {width}] (n_bins={n_bins}); got "
+                f"{tuple(packed.shape)} {packed.dtype}."
+            )
+        total = packed.detach().to(torch.float64).sum(dim=0).cpu()
+        count = total[:n_bins]
+        if not bool(torch.isfinite(total).all()) or bool((count < 0).any()):
+            raise ValueError("packed statistics hold NaN, inf or negative counts; they are not packed statistics.")
+        if bool((count != count.round()).any()) or float(count.sum()) != float(total[3 * n_bins + 2]):
+            raise ValueError(
+                "packed statistics are inconsistent (bin counts are not integers or do not add up to the sample "
+                "count); they must come from CalibrationState.pack_rows with the same n_bins."
+            )
+        tracked = count.sum().round().to(torch.int64)
+        state = cls(n_bins, keep_samples=False)
+        state._sums.update(
+            bin_count=count.round().to(torch.int64),
+            bin_confidence_sum=total[n_bins : 2 * n_bins].clone(),
+            bin_correct_sum=total[2 * n_bins : 3 * n_bins].clone(),
+            nll_sum=total[3 * n_bins].clone(),
+            nll_count=tracked.clone(),
+            brier_sum=total[3 * n_bins + 1].clone(),
+            brier_count=tracked.clone(),
+        )
+        return state
+
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Plain CPU tensors (safetensors-compatible): the configuration as 0-dim tensors (``n_bins``,
