@@ -1,7 +1,67 @@
-"""hf_calib: calibrated fine-tuning for Hugging Face models.
+"""hf_calib: calibrated fine-tuning for Hugging Face models (37 names here; everything else in its subpackage).
 
-Every name of ``__all__`` is imported from its submodule on first use (PEP 562), so ``import hf_calib``
-(and the ``hf-calib`` command's ``--help``) does not import torch, transformers or peft.
+Trainers and callbacks:
+
+* ``CalibratedTrainer`` — Trainer with the fused label-smoothing loss and token calibration in every evaluation.
+* ``CalibratedSFTTrainer`` — TRL's SFTTrainer with the same (needs the trl extra).
+* ``CalibratedLossMixin`` — the fused loss for any Trainer subclass.
+* ``FusedLossFallbackWarning`` — warned when a model cannot take the fused loss.
+* ``ReliabilityDiagramCallback`` — reliability diagrams at each evaluation (TensorBoard).
+* ``MultipleChoiceCalibrationCallback`` — multiple-choice calibration at each evaluation.
+* ``GenerationEvalCallback`` — reference metrics and judge scores of generations at each evaluation.
+* ``CalibratedAdapterCallback`` — Trainer's Hub pushes carry the calibrated bundle.
+
+Token calibration:
+
+* ``TokenCalibrationConfig`` — settings of CalibratedTrainer's token calibration.
+* ``TokenCalibrationMetrics`` — token calibration for a plain Trainer's evaluation.
+* ``token_calibration_metrics`` — ``(preprocess_logits_for_metrics, compute_metrics)`` for Trainer.
+
+Loss:
+
+* ``fused_linear_label_smoothing_ce`` — label-smoothing CE from hidden states and the output weight, chunked.
+* ``label_smoothing_ce`` — label-smoothing CE from logits.
+
+Metrics:
+
+* ``CalibrationState`` — streaming, mergeable, distributed calibration metrics.
+* ``calibration_error`` — ECE / MCE / RMS calibration error of confidences.
+* ``brier_score`` — multiclass Brier score.
+* ``nll`` — negative log-likelihood of the true class.
+* ``misclassification_auroc`` — AUROC of an uncertainty for detecting wrong predictions.
+* ``reliability_diagram`` — a matplotlib reliability diagram.
+
+Calibrators:
+
+* ``Calibrator`` — the interface every calibrator of a bundle implements.
+* ``register_calibrator`` — register a Calibrator so bundles can save and load it.
+* ``TemperatureScaler`` — temperature scaling fitted on labelled logits.
+* ``Thermometer`` — a network predicting a task's temperature without labels.
+* ``ThermometerConfig`` — Thermometer's architecture and training settings.
+* ``train_thermometer`` — train a Thermometer on several labelled tasks.
+* ``attach_adue_head`` — attach an AdUE uncertainty head to a (LoRA) classifier.
+* ``fit_adue_head`` — train an AdUE head on frozen features.
+* ``AdUETrainer`` — train an AdUE head with Trainer.
+
+Hub:
+
+* ``CalibratedAdapter`` — adapter + calibrators + report + card: save, load, push.
+* ``CalibrationReport`` — metrics before and after calibration, with the diagram.
+* ``CardInfo`` — what the model card says beyond what the bundle knows.
+
+Evaluation and data:
+
+* ``MultipleChoiceCalibration`` — answer-level calibration on multiple-choice benchmarks.
+* ``GenerationTask`` — a generation task with references for evaluation.
+* ``LLMJudge`` — LLM-as-judge scoring of instruction following.
+* ``evaluate_domains`` — in-domain vs out-of-domain report of fine-tuned models.
+* ``fticl_dataset`` — fine-tuning data with in-context examples (FTICL).
+* ``tokenize_chat_completion`` — tokenize chats with completion-only labels.
+
+Subpackages: ``hf_calib.metrics`` (all metrics), ``hf_calib.scaling``, ``hf_calib.adue``, ``hf_calib.hub``,
+``hf_calib.eval``, ``hf_calib.data``, ``hf_calib.assets`` (the offline models and data), ``hf_calib.calibrators``.
+Every name is imported from its submodule on first use (PEP 562), so ``import hf_calib`` (and the ``hf-calib``
+command's ``--help``) does not import torch, transformers or peft.
 """
 
 from __future__ import annotations
@@ -14,130 +74,88 @@ from ._version import __version__ as __version__
 
 #: Submodule (relative to this package) of each public name.
 _EXPORTS: dict[str, str] = {
-    **dict.fromkeys(
-        (
-            "AdUEConfig",
-            "AdUEFeatures",
-            "AdUEHead",
-            "AdUETrainer",
-            "attach_adue_head",
-            "evaluate_uncertainty",
-            "extract_adue_features",
-            "fit_adue_head",
-            "load_adue_head",
-            "save_adue_head",
-        ),
-        ".adue",
-    ),
-    **dict.fromkeys(
-        (
-            "AssetNotFoundError",
-            "gemma3_270m_path",
-            "load_mmlu",
-            "load_movie_reviews",
-            "load_sharegpt",
-            "load_sharegpt_turns",
-            "load_smollm2",
-            "minilm_path",
-            "mmlu_subjects",
-            "sharegpt_to_messages",
-            "smollm2_path",
-        ),
-        ".assets",
-    ),
-    "ReliabilityDiagramCallback": ".callbacks",
-    **dict.fromkeys(
-        ("TaskTemplate", "fticl_dataset", "task_dataset", "tokenize_chat_completion", "tokenize_prompt_completion"),
-        ".data",
-    ),
-    **dict.fromkeys(
-        ("GenerationEvalCallback", "GenerationTask", "LLMJudge", "MultipleChoiceCalibration", "evaluate_domains"),
-        ".eval",
-    ),
-    "MultipleChoiceCalibrationCallback": ".eval.callback",
-    **dict.fromkeys(("CalibratedAdapter", "CalibratedAdapterCallback", "CalibrationReport", "CardInfo"), ".hub"),
-    **dict.fromkeys(("fused_linear_label_smoothing_ce", "label_smoothing_ce"), ".losses"),
-    **dict.fromkeys(
-        (
-            "TemperatureLogitsProcessor",
-            "TemperatureScaledLM",
-            "TemperatureScaler",
-            "Thermometer",
-            "ThermometerConfig",
-            "ThermometerTask",
-            "extract_features",
-            "leave_one_task_out",
-            "train_thermometer",
-        ),
-        ".scaling",
-    ),
-    **dict.fromkeys(
-        ("TokenCalibrationConfig", "TokenCalibrationMetrics", "token_calibration_metrics"), ".token_calibration"
-    ),
-    # CalibratedSFTTrainer needs TRL, an optional dependency: it is imported only when asked for.
+    "CalibratedTrainer": ".trainer",
     "CalibratedSFTTrainer": "._sft_trainer",
-    **dict.fromkeys(("CalibratedLossMixin", "CalibratedTrainer", "FusedLossFallbackWarning"), ".trainer"),
+    "CalibratedLossMixin": ".trainer",
+    "FusedLossFallbackWarning": ".trainer",
+    "ReliabilityDiagramCallback": ".callbacks",
+    "MultipleChoiceCalibrationCallback": ".eval.callback",
+    "GenerationEvalCallback": ".eval",
+    "CalibratedAdapterCallback": ".hub",
+    "TokenCalibrationConfig": ".token_calibration",
+    "TokenCalibrationMetrics": ".token_calibration",
+    "token_calibration_metrics": ".token_calibration",
+    "fused_linear_label_smoothing_ce": ".losses",
+    "label_smoothing_ce": ".losses",
+    "CalibrationState": ".metrics",
+    "calibration_error": ".metrics",
+    "brier_score": ".metrics",
+    "nll": ".metrics",
+    "misclassification_auroc": ".metrics",
+    "reliability_diagram": ".metrics",
+    "Calibrator": ".calibrators",
+    "register_calibrator": ".calibrators",
+    "TemperatureScaler": ".scaling",
+    "Thermometer": ".scaling",
+    "ThermometerConfig": ".scaling",
+    "train_thermometer": ".scaling",
+    "attach_adue_head": ".adue",
+    "fit_adue_head": ".adue",
+    "AdUETrainer": ".adue",
+    "CalibratedAdapter": ".hub",
+    "CalibrationReport": ".hub",
+    "CardInfo": ".hub",
+    "MultipleChoiceCalibration": ".eval",
+    "GenerationTask": ".eval",
+    "LLMJudge": ".eval",
+    "evaluate_domains": ".eval",
+    "fticl_dataset": ".data",
+    "tokenize_chat_completion": ".data",
 }
 
-#: Subpackages the eager ``__init__`` used to import: ``hf_calib.scaling`` etc. keep working after ``import hf_calib``.
-_SUBMODULES = frozenset("adue assets callbacks data eval hub losses metrics scaling token_calibration trainer".split())
+#: Subpackages reachable as attributes after ``import hf_calib``.
+_SUBMODULES = frozenset(
+    "adue assets calibrators callbacks data eval hub losses metrics scaling token_calibration trainer".split()
+)
 
 __all__ = [
-    "GenerationEvalCallback",
-    "GenerationTask",
-    "LLMJudge",
-    "TaskTemplate",
-    "evaluate_domains",
-    "fticl_dataset",
-    "task_dataset",
-    "tokenize_chat_completion",
-    "tokenize_prompt_completion",
-    "AdUEConfig",
-    "AdUEFeatures",
-    "AdUEHead",
-    "AdUETrainer",
-    "CalibratedAdapter",
-    "CalibratedAdapterCallback",
-    "CalibrationReport",
-    "CardInfo",
-    "TemperatureLogitsProcessor",
-    "TemperatureScaledLM",
-    "TemperatureScaler",
-    "Thermometer",
-    "ThermometerConfig",
-    "ThermometerTask",
-    "attach_adue_head",
-    "evaluate_uncertainty",
-    "extract_adue_features",
-    "extract_features",
-    "fit_adue_head",
-    "leave_one_task_out",
-    "load_adue_head",
-    "save_adue_head",
-    "train_thermometer",
-    "AssetNotFoundError",
-    "CalibratedLossMixin",
-    "CalibratedSFTTrainer",
     "CalibratedTrainer",
+    "CalibratedSFTTrainer",
+    "CalibratedLossMixin",
     "FusedLossFallbackWarning",
-    "MultipleChoiceCalibration",
-    "MultipleChoiceCalibrationCallback",
     "ReliabilityDiagramCallback",
+    "MultipleChoiceCalibrationCallback",
+    "GenerationEvalCallback",
+    "CalibratedAdapterCallback",
     "TokenCalibrationConfig",
     "TokenCalibrationMetrics",
-    "gemma3_270m_path",
-    "load_mmlu",
-    "load_movie_reviews",
-    "load_sharegpt",
-    "load_sharegpt_turns",
-    "load_smollm2",
-    "minilm_path",
-    "mmlu_subjects",
-    "sharegpt_to_messages",
-    "smollm2_path",
     "token_calibration_metrics",
     "fused_linear_label_smoothing_ce",
     "label_smoothing_ce",
+    "CalibrationState",
+    "calibration_error",
+    "brier_score",
+    "nll",
+    "misclassification_auroc",
+    "reliability_diagram",
+    "Calibrator",
+    "register_calibrator",
+    "TemperatureScaler",
+    "Thermometer",
+    "ThermometerConfig",
+    "train_thermometer",
+    "attach_adue_head",
+    "fit_adue_head",
+    "AdUETrainer",
+    "CalibratedAdapter",
+    "CalibrationReport",
+    "CardInfo",
+    "MultipleChoiceCalibration",
+    "GenerationTask",
+    "LLMJudge",
+    "evaluate_domains",
+    "fticl_dataset",
+    "tokenize_chat_completion",
 ]
 
 
@@ -157,47 +175,22 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # static analysers and IDEs see the names eagerly
     from ._sft_trainer import CalibratedSFTTrainer
-    from .adue import (
-        AdUEConfig,
-        AdUEFeatures,
-        AdUEHead,
-        AdUETrainer,
-        attach_adue_head,
-        evaluate_uncertainty,
-        extract_adue_features,
-        fit_adue_head,
-        load_adue_head,
-        save_adue_head,
-    )
-    from .assets import (
-        AssetNotFoundError,
-        gemma3_270m_path,
-        load_mmlu,
-        load_movie_reviews,
-        load_sharegpt,
-        load_sharegpt_turns,
-        load_smollm2,
-        minilm_path,
-        mmlu_subjects,
-        sharegpt_to_messages,
-        smollm2_path,
-    )
+    from .adue import AdUETrainer, attach_adue_head, fit_adue_head
+    from .calibrators import Calibrator, register_calibrator
     from .callbacks import ReliabilityDiagramCallback
-    from .data import TaskTemplate, fticl_dataset, task_dataset, tokenize_chat_completion, tokenize_prompt_completion
+    from .data import fticl_dataset, tokenize_chat_completion
     from .eval import GenerationEvalCallback, GenerationTask, LLMJudge, MultipleChoiceCalibration, evaluate_domains
     from .eval.callback import MultipleChoiceCalibrationCallback
     from .hub import CalibratedAdapter, CalibratedAdapterCallback, CalibrationReport, CardInfo
     from .losses import fused_linear_label_smoothing_ce, label_smoothing_ce
-    from .scaling import (
-        TemperatureLogitsProcessor,
-        TemperatureScaledLM,
-        TemperatureScaler,
-        Thermometer,
-        ThermometerConfig,
-        ThermometerTask,
-        extract_features,
-        leave_one_task_out,
-        train_thermometer,
+    from .metrics import (
+        CalibrationState,
+        brier_score,
+        calibration_error,
+        misclassification_auroc,
+        nll,
+        reliability_diagram,
     )
+    from .scaling import TemperatureScaler, Thermometer, ThermometerConfig, train_thermometer
     from .token_calibration import TokenCalibrationConfig, TokenCalibrationMetrics, token_calibration_metrics
     from .trainer import CalibratedLossMixin, CalibratedTrainer, FusedLossFallbackWarning

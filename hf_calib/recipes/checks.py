@@ -137,7 +137,7 @@ def canonical_subjects(names: Sequence[str], flag: str) -> list[str]:
             hint = (
                 f"did you mean {' or '.join(repr(c) for c in close)}?"
                 if close
-                else f"hf_calib.mmlu_subjects() lists the {len(known)} subjects; quote names that have spaces."
+                else f"hf_calib.assets.mmlu_subjects() lists the {len(known)} subjects; quote names that have spaces."
             )
             raise UsageError(f"{flag}: {name!r} is not an MMLU subject; {hint}")
         if subject in out:
