@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from hf_calib_kernels import chunk_rows_for, fused_linear_ce, label_smoothing_ce_from_logits
+from hf_calib_kernels import CESettings, chunk_rows_for, fused_linear_ce, label_smoothing_ce_from_logits
 from hf_calib_kernels.ce_torch import label_smoothing_ce_rows as _torch_rows
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -116,8 +116,7 @@ def _run(
     """Flatten the labels, resolve backend, denominator and chunk size, run ``op``, reshape "none"."""
     row_kernel = _row_kernel(resolve_backend(backend, device))
     flat_labels = labels.reshape(-1).long()
-    out = op(
-        flat_labels,
+    settings = CESettings(
         ignore_index=ignore_index,
         label_smoothing=float(label_smoothing),
         reduction=reduction,
@@ -126,6 +125,7 @@ def _run(
         row_kernel=row_kernel,
         chunk_rows=chunk_rows_for(flat_labels.numel(), vocab, chunk_bytes),
     )
+    out = op(flat_labels, settings)
     return out.reshape(labels.shape) if reduction == "none" else out
 
 
@@ -202,7 +202,7 @@ def fused_linear_label_smoothing_ce(
         reduction=reduction, softcap=softcap,
     )  # fmt: skip
     return _run(
-        lambda flat_labels, **kw: fused_linear_ce(hidden.reshape(-1, width), weight, bias, flat_labels, **kw),
+        lambda flat_labels, settings: fused_linear_ce(hidden.reshape(-1, width), weight, bias, flat_labels, settings),
         labels, vocab, hidden.device,
         ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
         num_items_in_batch=num_items_in_batch, softcap=softcap, backend=backend, chunk_bytes=chunk_bytes,
@@ -241,7 +241,7 @@ def label_smoothing_ce(
         reduction=reduction, softcap=softcap,
     )  # fmt: skip
     return _run(
-        lambda flat_labels, **kw: label_smoothing_ce_from_logits(logits.reshape(-1, vocab), flat_labels, **kw),
+        lambda flat_labels, settings: label_smoothing_ce_from_logits(logits.reshape(-1, vocab), flat_labels, settings),
         labels, vocab, logits.device,
         ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
         num_items_in_batch=num_items_in_batch, softcap=softcap, backend=backend, chunk_bytes=chunk_bytes,

@@ -5,10 +5,17 @@ Imports torch (and triton, lazily) only. The public, validated API is
 """
 
 from .ce_torch import label_smoothing_ce_rows as label_smoothing_ce_rows_torch
-from .fused_linear import DEFAULT_CHUNK_BYTES, FusedLinearLabelSmoothingCE, chunk_rows_for, fused_linear_ce
+from .fused_linear import (
+    DEFAULT_CHUNK_BYTES,
+    CESettings,
+    FusedLinearLabelSmoothingCE,
+    chunk_rows_for,
+    fused_linear_ce,
+)
 from .logits_ce import LabelSmoothingCE, label_smoothing_ce_from_logits
 
 __all__ = [
+    "CESettings",
     "DEFAULT_CHUNK_BYTES",
     "FusedLinearLabelSmoothingCE",
     "LabelSmoothingCE",

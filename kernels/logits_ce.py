@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .fused_linear import RowKernel
+from .fused_linear import CESettings
 
 
 class LabelSmoothingCE(torch.autograd.Function):
@@ -18,27 +18,22 @@ class LabelSmoothingCE(torch.autograd.Function):
         ctx,
         logits: torch.Tensor,
         labels: torch.Tensor,
-        ignore_index: int,
-        label_smoothing: float,
-        reduction: str,
-        denominator: float,
-        softcap: float | None,
-        row_kernel: RowKernel,
-        chunk_rows: int,
+        settings: CESettings,
     ) -> torch.Tensor:
         want_grad = ctx.needs_input_grad[0]
-        rows_valid = (labels != ignore_index).nonzero().squeeze(1)
+        rows_valid = (labels != settings.ignore_index).nonzero().squeeze(1)
         n_valid = rows_valid.numel()
-        scale = 1.0 / denominator if reduction == "mean" else 1.0
+        reduction, chunk_rows = settings.reduction, settings.chunk_rows
+        scale = 1.0 / settings.denominator if reduction == "mean" else 1.0
         grad_logits = torch.zeros_like(logits) if want_grad else None
         losses = torch.empty(n_valid, dtype=torch.float32, device=logits.device)
         for start in range(0, n_valid, chunk_rows):
             rows = rows_valid[start : start + chunk_rows]
-            loss_c, dlogits = row_kernel(
+            loss_c, dlogits = settings.row_kernel(
                 logits.index_select(0, rows).float(),
                 labels.index_select(0, rows),
-                label_smoothing=label_smoothing,
-                softcap=softcap,
+                label_smoothing=settings.label_smoothing,
+                softcap=settings.softcap,
                 grad_scale=torch.full((rows.numel(),), scale, device=logits.device) if want_grad else None,
             )
             losses[start : start + rows.numel()] = loss_c
@@ -60,22 +55,9 @@ class LabelSmoothingCE(torch.autograd.Function):
         scale = grad_output.to(grad.dtype)
         if ctx.reduction == "none":
             scale = scale.unsqueeze(1)
-        return grad * scale, None, None, None, None, None, None, None, None
+        return grad * scale, None, None
 
 
-def label_smoothing_ce_from_logits(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    ignore_index: int,
-    label_smoothing: float,
-    reduction: str,
-    denominator: float,
-    softcap: float | None,
-    row_kernel: RowKernel,
-    chunk_rows: int,
-) -> torch.Tensor:
+def label_smoothing_ce_from_logits(logits: torch.Tensor, labels: torch.Tensor, settings: CESettings) -> torch.Tensor:
     """Flattened, validated inputs: ``logits [N, V]``, ``labels [N]``."""
-    return LabelSmoothingCE.apply(
-        logits, labels, ignore_index, label_smoothing, reduction, denominator, softcap, row_kernel, chunk_rows
-    )
+    return LabelSmoothingCE.apply(logits, labels, settings)
