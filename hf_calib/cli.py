@@ -176,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         leading += 1
     if argv[leading : leading + 1] == ["bench"]:
         # The benchmark has its own parser; hand it every argument, --help included.
-        from .bench import main as bench_main
+        from .recipes.bench import main as bench_main
 
         bench_main(argv[leading + 1 :])
         return 0
