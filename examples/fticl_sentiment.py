@@ -37,9 +37,9 @@ from transformers import DataCollatorForSeq2Seq, TrainingArguments, set_seed
 
 from hf_calib import CalibratedTrainer
 from hf_calib.assets import load_movie_reviews, load_sharegpt_turns, load_smollm2
+from hf_calib.callbacks import GenerationEvalCallback
 from hf_calib.data import TaskTemplate, fticl_dataset, task_dataset, with_context
 from hf_calib.eval import (
-    GenerationEvalCallback,
     GenerationTask,
     LLMJudge,
     evaluate_domains,

@@ -79,9 +79,9 @@ _EXPORTS: dict[str, str] = {
     "CalibratedLossMixin": ".trainer",
     "FusedLossFallbackWarning": ".trainer",
     "ReliabilityDiagramCallback": ".callbacks",
-    "MultipleChoiceCalibrationCallback": ".eval.callback",
-    "GenerationEvalCallback": ".eval",
-    "CalibratedAdapterCallback": ".hub",
+    "MultipleChoiceCalibrationCallback": ".callbacks",
+    "GenerationEvalCallback": ".callbacks",
+    "CalibratedAdapterCallback": ".callbacks",
     "TokenCalibrationConfig": ".token_calibration",
     "TokenCalibrationMetrics": ".token_calibration",
     "token_calibration_metrics": ".token_calibration",
@@ -177,11 +177,15 @@ if TYPE_CHECKING:  # static analysers and IDEs see the names eagerly
     from ._sft_trainer import CalibratedSFTTrainer
     from .adue import AdUETrainer, attach_adue_head, fit_adue_head
     from .calibrators import Calibrator, register_calibrator
-    from .callbacks import ReliabilityDiagramCallback
+    from .callbacks import (
+        CalibratedAdapterCallback,
+        GenerationEvalCallback,
+        MultipleChoiceCalibrationCallback,
+        ReliabilityDiagramCallback,
+    )
     from .data import fticl_dataset, tokenize_chat_completion
-    from .eval import GenerationEvalCallback, GenerationTask, LLMJudge, MultipleChoiceCalibration, evaluate_domains
-    from .eval.callback import MultipleChoiceCalibrationCallback
-    from .hub import CalibratedAdapter, CalibratedAdapterCallback, CalibrationReport, CardInfo
+    from .eval import GenerationTask, LLMJudge, MultipleChoiceCalibration, evaluate_domains
+    from .hub import CalibratedAdapter, CalibrationReport, CardInfo
     from .losses import fused_linear_label_smoothing_ce, label_smoothing_ce
     from .metrics import (
         CalibrationState,

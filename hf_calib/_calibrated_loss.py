@@ -22,7 +22,7 @@ Every evaluation of a causal LM also reports token-level calibration (``eval_tok
 statistics (computed inside the armed output layer on the fused path, so still no ``[B, T, V]``
 logits), gathered like predictions and merged into the metrics before Trainer logs them.
 ``multiple_choice=`` adds answer-level calibration on multiple-choice questions the same way
-(``eval_mc/macro/ece``, ...; :mod:`hf_calib.eval.callback`).
+(``eval_mc/macro/ece``, ...; :mod:`hf_calib.callbacks.multiple_choice`).
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class CalibratedLossMixin:
         multiple_choice: MultipleChoiceCalibration | Sequence[MultipleChoiceCalibration] | None = None,
         **kwargs: Any,
     ) -> None:
-        from .eval.callback import check_tokenizers, resolve_multiple_choice
+        from .callbacks.multiple_choice import check_tokenizers, resolve_multiple_choice
 
         config = TokenCalibrationConfig.resolve(calibration_metrics)
         evaluators = resolve_multiple_choice(multiple_choice)
@@ -148,7 +148,7 @@ class CalibratedLossMixin:
         self._calib_pending: torch.Tensor | None = None  # this batch's per-sample statistics
         self._calib_setup(self.model)
         if config is not None and config.reliability_diagram:
-            from .callbacks import ReliabilityDiagramCallback
+            from .callbacks.reliability import ReliabilityDiagramCallback
 
             self.add_callback(ReliabilityDiagramCallback(self.token_calibration, trainer=self))
 
@@ -402,7 +402,7 @@ class CalibratedLossMixin:
         """Add the armed multiple-choice metrics to an evaluation loop's output (see :meth:`evaluate`)."""
         prefix, self._mc_prefix = self._mc_prefix, None
         if prefix is not None:
-            from .eval.callback import run_multiple_choice
+            from .callbacks.multiple_choice import run_multiple_choice
 
             output.metrics.update(run_multiple_choice(self.multiple_choice, self.model, self.processing_class, prefix))
         return output

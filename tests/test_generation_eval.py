@@ -7,10 +7,10 @@ import torch
 from datasets import Dataset
 from test_multiple_choice import _llama, _make_tokenizer
 
+from hf_calib.callbacks import GenerationEvalCallback
 from hf_calib.data import TaskTemplate, encode_prompt, task_dataset, with_context
 from hf_calib.eval import (
     DomainModel,
-    GenerationEvalCallback,
     GenerationTask,
     LLMJudge,
     domain_report,

@@ -16,8 +16,8 @@ import torch
 from test_multiple_choice import _llama, _make_tokenizer, _questions
 from transformers import Trainer, TrainingArguments
 
+from hf_calib.callbacks import MultipleChoiceCalibrationCallback
 from hf_calib.eval import MultipleChoiceCalibration
-from hf_calib.eval.callback import MultipleChoiceCalibrationCallback
 from hf_calib.trainer import CalibratedTrainer
 
 SEQ = 12

@@ -4,12 +4,12 @@
 (``mc/{task}/{metric}``, ``mc/macro/{metric}``, ``mc/micro/{metric}``). Details: ``docs/multiple_choice.md``.
 
 Generation and domain transfer (``docs/data_and_eval.md``): ``LLMJudge`` (response vs reference, 0-10),
-``rouge_l`` / ``bleu``, ``GenerationEvalCallback`` (generation metrics at each evaluation), ``domain_report``
-(in-domain vs out-of-domain accuracy or ROUGE-L).
+``rouge_l`` / ``bleu``, ``domain_report`` (in-domain vs out-of-domain accuracy or ROUGE-L); generation metrics at
+each evaluation: ``hf_calib.callbacks.GenerationEvalCallback``.
 """
 
 from .domain import DomainModel, DomainReport, domain_report, evaluate_domains, format_domain_table
-from .generation import GenerationEvalCallback, GenerationTask, evaluate_generation, generate_texts
+from .generation import GenerationTask, evaluate_generation, generate_texts
 from .judge import JUDGE_PROMPT, JudgeResult, LLMJudge, parse_judge_reply
 from .multiple_choice import (
     MultipleChoiceCalibration,
@@ -34,7 +34,6 @@ __all__ = [
     "domain_report",
     "evaluate_domains",
     "format_domain_table",
-    "GenerationEvalCallback",
     "GenerationTask",
     "evaluate_generation",
     "generate_texts",

@@ -3,8 +3,8 @@
 :func:`generate_texts` left-pads a batch of prompts (so every prompt ends at the same position and new
 tokens are appended right after it), generates at most ``max_new_tokens`` greedily and decodes only the new
 tokens. :class:`GenerationTask` is a set of held-out prompts with references, scored by reference metrics
-(ROUGE-L, BLEU, exact match) and optionally an LLM judge. :class:`GenerationEvalCallback` runs tasks at
-every ``trainer.evaluate()`` -- e.g. the target task and a general instruction set, so that specialization
+(ROUGE-L, BLEU, exact match) and optionally an LLM judge. :class:`hf_calib.callbacks.GenerationEvalCallback` runs
+tasks at every ``trainer.evaluate()`` -- e.g. the target task and a general instruction set, so that specialization
 and forgetting form two curves in ``trainer.state.log_history`` and TensorBoard.
 """
 
@@ -12,23 +12,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from torch import nn
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from hf_calib.data.chat import encode_prompt, uses_chat_template
 
-from .callback import _metric_key_prefix, _tokenizer_of
 from .decoding import generate_from_ids
 from .reference import REFERENCE_METRICS, reference_scores
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase, Trainer
+    from transformers import PreTrainedTokenizerBase
 
     from .judge import LLMJudge
 
-__all__ = ["GenerationEvalCallback", "GenerationTask", "evaluate_generation", "generate_texts", "generate_from_ids"]
+__all__ = ["GenerationTask", "evaluate_generation", "generate_texts", "generate_from_ids"]
 
 
 def generate_texts(
@@ -140,75 +138,3 @@ def evaluate_generation(
         result = task.judge.score(prompts, replies, references)
         out.update({f"gen/{task.name}/{k}": v for k, v in result.metrics().items()})
     return out
-
-
-class GenerationEvalCallback(TrainerCallback):
-    """Generation metrics of one or more :class:`GenerationTask` at each ``trainer.evaluate()``.
-
-    ``trainer.add_callback(GenerationEvalCallback([target, general], trainer=trainer))``. As with
-    :class:`hf_calib.eval.MultipleChoiceCalibrationCallback`, the keys ``{metric_key_prefix}_gen/{task}/{metric}``
-    (e.g. ``eval_gen/sentiment/rougeL``, ``eval_gen/general/judge_ratio``) are added to the evaluation's
-    ``metrics`` in place and logged with ``trainer.log(...)``, so they reach ``trainer.state.log_history``
-    and every ``report_to`` integration as a separate entry at the same step. Generation uses
-    ``trainer.model`` with the trainer's tokenizer (or ``tokenizer``), at most ``max_new_tokens`` new tokens
-    per prompt, in batches of ``batch_size``, with a progress bar.
-
-    Distributed: every process generates on every prompt with its own replica (as the multiple-choice
-    callback), so all processes log the same values and stay in step.
-    """
-
-    def __init__(
-        self,
-        tasks: GenerationTask | Sequence[GenerationTask],
-        *,
-        trainer: Trainer,
-        tokenizer: PreTrainedTokenizerBase | None = None,
-        max_new_tokens: int = 64,
-        batch_size: int = 8,
-        show_progress: bool = True,
-    ) -> None:
-        tasks = [tasks] if isinstance(tasks, GenerationTask) else list(tasks)
-        if not tasks or not all(isinstance(t, GenerationTask) for t in tasks):
-            raise ValueError("tasks must be a GenerationTask or a non-empty list of them.")
-        if len({t.name for t in tasks}) != len(tasks):
-            raise ValueError("two tasks share a name, so their metrics would collide; name each task uniquely.")
-        if trainer is None or not callable(getattr(trainer, "log", None)):
-            raise ValueError("trainer must be the Trainer this callback is added to (its model and log() are used).")
-        tokenizer = tokenizer if tokenizer is not None else _tokenizer_of(getattr(trainer, "processing_class", None))
-        if tokenizer is None:
-            raise ValueError("the trainer has no processing_class; pass tokenizer=... to GenerationEvalCallback.")
-        if max_new_tokens < 1 or batch_size < 1:
-            raise ValueError(f"max_new_tokens and batch_size must be positive; got {max_new_tokens}, {batch_size}.")
-        self.tasks = tasks
-        self.trainer = trainer
-        self.tokenizer = tokenizer
-        self.max_new_tokens = max_new_tokens
-        self.batch_size = batch_size
-        self.show_progress = show_progress
-        #: The keys and values of the latest evaluation.
-        self.last_metrics: dict[str, float] = {}
-
-    def on_evaluate(
-        self,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        metrics: dict[str, float] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        prefix = _metric_key_prefix(metrics or {})
-        computed: dict[str, float] = {}
-        for task in self.tasks:
-            scores = evaluate_generation(
-                self.trainer.model,
-                self.tokenizer,
-                task,
-                max_new_tokens=self.max_new_tokens,
-                batch_size=self.batch_size,
-                show_progress=self.show_progress,
-            )
-            computed.update({f"{prefix}_{key}": value for key, value in scores.items()})
-        self.last_metrics = computed
-        if metrics is not None:
-            metrics.update(computed)
-        self.trainer.log(dict(computed))

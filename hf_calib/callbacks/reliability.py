@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from .metrics import reliability_diagram_from_state, save_reliability_diagram
-from .token_calibration import TokenCalibrationMetrics
+from ..metrics import reliability_diagram_from_state, save_reliability_diagram
+from ..token_calibration import TokenCalibrationMetrics
+from ._keys import metric_key_prefix
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -82,7 +83,7 @@ class ReliabilityDiagramCallback(TrainerCallback):
             return
         if self._no_matplotlib:
             return
-        metric_prefix = _metric_key_prefix(metrics or {}, self.source.prefix)
+        metric_prefix = metric_key_prefix(metrics or {}, f"_{self.source.prefix}count")
         step = state.global_step
         try:
             figure = reliability_diagram_from_state(
@@ -128,13 +129,6 @@ class ReliabilityDiagramCallback(TrainerCallback):
             logdir = os.getenv("TENSORBOARD_LOGGING_DIR") or os.path.join(args.output_dir, "runs", "calibration")
             self._own_writer = SummaryWriter(log_dir=logdir)
         return self._own_writer
-
-
-def _metric_key_prefix(metrics: dict[str, float], prefix: str) -> str:
-    """``eval`` (or ``eval_<dataset>``, ``test``) read off the ``{metric_key_prefix}_{prefix}count`` key."""
-    suffix = f"_{prefix}count"
-    found = [key[: -len(suffix)] for key in metrics if key.endswith(suffix) and len(key) > len(suffix)]
-    return min(found, key=len) if found else "eval"
 
 
 def _tensorboard_tag(key: str) -> str:

@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from .multiple_choice import MultipleChoiceCalibration
+from ..eval.multiple_choice import MultipleChoiceCalibration
+from ._keys import metric_key_prefix, tokenizer_of
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase, Trainer
+    from transformers import Trainer
 
 __all__ = ["MultipleChoiceCalibrationCallback", "resolve_multiple_choice", "run_multiple_choice"]
 
@@ -54,18 +55,9 @@ def resolve_multiple_choice(
     return items
 
 
-def _tokenizer_of(processing_class: Any) -> PreTrainedTokenizerBase | None:
-    """The tokenizer inside a trainer's ``processing_class`` (itself, or a processor's ``.tokenizer``)."""
-    from transformers import PreTrainedTokenizerBase
-
-    if processing_class is None or isinstance(processing_class, PreTrainedTokenizerBase):
-        return processing_class
-    return getattr(processing_class, "tokenizer", None)
-
-
 def check_tokenizers(evaluators: Sequence[MultipleChoiceCalibration], processing_class: Any) -> None:
     """``ValueError`` if an evaluator has no tokenizer and the trainer has none to lend it."""
-    if _tokenizer_of(processing_class) is None and any(e.tokenizer is None for e in evaluators):
+    if tokenizer_of(processing_class) is None and any(e.tokenizer is None for e in evaluators):
         raise ValueError(
             "multiple_choice: the trainer has no processing_class, so pass the model's tokenizer to "
             "MultipleChoiceCalibration(..., tokenizer=tok) or processing_class=tok to the trainer."
@@ -84,18 +76,12 @@ def run_multiple_choice(
     that processor's ``tokenizer``). ``model`` is evaluated as given; DDP/DataParallel wrappers are removed
     by :meth:`MultipleChoiceCalibration.evaluate`.
     """
-    tokenizer = _tokenizer_of(processing_class)
+    tokenizer = tokenizer_of(processing_class)
     out: dict[str, float] = {}
     for evaluator in evaluators:
         metrics = evaluator.evaluate(model, evaluator.tokenizer if evaluator.tokenizer is not None else tokenizer)
         out.update({f"{metric_key_prefix}_{key}": value for key, value in metrics.items()})
     return out
-
-
-def _metric_key_prefix(metrics: dict[str, float]) -> str:
-    """``eval`` (or ``eval_<dataset>``) read off Trainer's ``{metric_key_prefix}_runtime`` key."""
-    found = [key[: -len("_runtime")] for key in metrics if key.endswith("_runtime") and len(key) > len("_runtime")]
-    return min(found, key=len) if found else "eval"
 
 
 class MultipleChoiceCalibrationCallback(TrainerCallback):
@@ -145,7 +131,7 @@ class MultipleChoiceCalibrationCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         trainer = self.trainer
-        prefix = _metric_key_prefix(metrics or {})
+        prefix = metric_key_prefix(metrics or {})
         computed = run_multiple_choice(self.evaluators, trainer.model, trainer.processing_class, prefix)
         self.last_metrics = computed
         if metrics is not None:
