@@ -27,17 +27,6 @@ def task_of(model: nn.Module) -> str:
     raise ValueError(f"a calibrated adapter needs a *ForCausalLM or *ForSequenceClassification base model; got {name}.")
 
 
-def has_adue_head(model: nn.Module) -> bool:
-    """Whether ``model`` carries an AdUE head (``hf_calib.adue.attach_adue_head``)."""
-    from ..adue import get_adue_head
-
-    try:
-        get_adue_head(model)
-    except (ValueError, TypeError):
-        return False
-    return True
-
-
 def adapter_config(model: nn.Module) -> dict[str, Any]:
     """The active adapter's PEFT config as JSON-like values (enums as their values, sets sorted)."""
     from enum import Enum

@@ -51,7 +51,7 @@ from ._files import (
     resolve_folder,
     write_json_file,
 )
-from ._model import AUTO_CLASSES, adapter_config, has_adue_head, is_peft, load_base_model, task_of
+from ._model import AUTO_CLASSES, adapter_config, is_peft, load_base_model, task_of
 from .card import DIAGRAM_FILE, CardInfo, build_model_card
 from .report import CalibrationReport
 
@@ -156,7 +156,7 @@ class CalibratedAdapter(nn.Module):
     @property
     def has_uncertainty(self) -> bool:
         """Whether outputs carry ``uncertainty`` (an AdUE head is attached)."""
-        return has_adue_head(self.model)
+        return self._named("adue") is not None
 
     # ------------------------------------------------------------------ inference
     def forward(self, *args: Any, temperature: float | None = None, **kwargs: Any) -> Any:

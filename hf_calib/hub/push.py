@@ -104,7 +104,6 @@ def push_folder(
             f"not uploading {len(plan.ignored)} file(s) of {plan.folder} that are not part of the bundle: "
             f"{', '.join(plan.ignored)}"
         )
-        logger.warning("hf_calib: %s", message)
         warnings.warn(message, UserWarning, stacklevel=2)
     if dry_run:
         return plan
