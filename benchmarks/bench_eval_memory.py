@@ -105,7 +105,7 @@ def child(mode: str, n_samples: int, max_length: int, batch_size: int, output_di
     from transformers import Trainer, TrainingArguments
 
     from hf_calib.assets import load_smollm2
-    from hf_calib.token_calibration import TokenCalibrationConfig, token_calibration_metrics
+    from hf_calib.loss import TokenCalibrationConfig, token_calibration_metrics
     from hf_calib.trainer import CalibratedTrainer
 
     torch.manual_seed(0)

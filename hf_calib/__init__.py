@@ -75,18 +75,18 @@ from ._version import __version__ as __version__
 #: Submodule (relative to this package) of each public name.
 _EXPORTS: dict[str, str] = {
     "CalibratedTrainer": ".trainer",
-    "CalibratedSFTTrainer": "._sft_trainer",
+    "CalibratedSFTTrainer": ".trainer",
     "CalibratedLossMixin": ".trainer",
     "FusedLossFallbackWarning": ".trainer",
     "ReliabilityDiagramCallback": ".callbacks",
     "MultipleChoiceCalibrationCallback": ".callbacks",
     "GenerationEvalCallback": ".callbacks",
     "CalibratedAdapterCallback": ".callbacks",
-    "TokenCalibrationConfig": ".token_calibration",
-    "TokenCalibrationMetrics": ".token_calibration",
-    "token_calibration_metrics": ".token_calibration",
-    "fused_linear_label_smoothing_ce": ".losses",
-    "label_smoothing_ce": ".losses",
+    "TokenCalibrationConfig": ".loss",
+    "TokenCalibrationMetrics": ".loss",
+    "token_calibration_metrics": ".loss",
+    "fused_linear_label_smoothing_ce": ".loss",
+    "label_smoothing_ce": ".loss",
     "CalibrationState": ".metrics",
     "calibration_error": ".metrics",
     "brier_score": ".metrics",
@@ -114,9 +114,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 #: Subpackages reachable as attributes after ``import hf_calib``.
-_SUBMODULES = frozenset(
-    "adue assets calibrators callbacks data eval hub losses metrics scaling token_calibration trainer".split()
-)
+_SUBMODULES = frozenset("adue assets calibrators callbacks data eval hub loss metrics recipes scaling trainer".split())
 
 __all__ = [
     "CalibratedTrainer",
@@ -174,7 +172,6 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static analysers and IDEs see the names eagerly
-    from ._sft_trainer import CalibratedSFTTrainer
     from .adue import AdUETrainer, attach_adue_head, fit_adue_head
     from .calibrators import Calibrator, register_calibrator
     from .callbacks import (
@@ -186,7 +183,13 @@ if TYPE_CHECKING:  # static analysers and IDEs see the names eagerly
     from .data import fticl_dataset, tokenize_chat_completion
     from .eval import GenerationTask, LLMJudge, MultipleChoiceCalibration, evaluate_domains
     from .hub import CalibratedAdapter, CalibrationReport, CardInfo
-    from .losses import fused_linear_label_smoothing_ce, label_smoothing_ce
+    from .loss import (
+        TokenCalibrationConfig,
+        TokenCalibrationMetrics,
+        fused_linear_label_smoothing_ce,
+        label_smoothing_ce,
+        token_calibration_metrics,
+    )
     from .metrics import (
         CalibrationState,
         brier_score,
@@ -196,5 +199,4 @@ if TYPE_CHECKING:  # static analysers and IDEs see the names eagerly
         reliability_diagram,
     )
     from .scaling import TemperatureScaler, Thermometer, ThermometerConfig, train_thermometer
-    from .token_calibration import TokenCalibrationConfig, TokenCalibrationMetrics, token_calibration_metrics
-    from .trainer import CalibratedLossMixin, CalibratedTrainer, FusedLossFallbackWarning
+    from .trainer import CalibratedLossMixin, CalibratedSFTTrainer, CalibratedTrainer, FusedLossFallbackWarning

@@ -31,6 +31,11 @@ __all__ = [
 IGNORE_INDEX = -100
 
 
+def is_peft(model: Any) -> bool:
+    """Whether ``model`` is a PEFT model (has adapters and a base model)."""
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
 def base_model(model: Any) -> Any:
     """The wrapped transformers model of a PEFT model (``model.get_base_model()``), else ``model`` itself."""
     get_base = getattr(model, "get_base_model", None)

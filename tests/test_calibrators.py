@@ -16,7 +16,8 @@ from test_hub_bundle import batch, lora_bert, lora_llama, tiny_bert, tiny_llama
 
 import hf_calib.calibrators as calibrators_module
 from hf_calib.calibrators import CALIBRATION_DIR, Calibrator, get_calibrator, register_calibrator
-from hf_calib.hub import BundleError, CalibratedAdapter, CalibratedAdapterCallback
+from hf_calib.callbacks import CalibratedAdapterCallback
+from hf_calib.hub import BundleError, CalibratedAdapter
 from hf_calib.hub._files import MANIFEST_FILE
 from hf_calib.scaling import TemperatureScaler, Thermometer, ThermometerConfig
 

@@ -31,7 +31,8 @@ from huggingface_hub.utils._http import default_client_factory
 from test_hub_bundle import VOCAB, batch, lora_bert, lora_llama, tiny_llama
 from transformers import Trainer, TrainingArguments
 
-from hf_calib.hub import CalibratedAdapter, CalibratedAdapterCallback, CalibrationReport, CardInfo
+from hf_calib.callbacks import CalibratedAdapterCallback
+from hf_calib.hub import CalibratedAdapter, CalibrationReport, CardInfo
 from hf_calib.scaling import TemperatureScaler
 from hf_calib.trainer import CalibratedTrainer
 

@@ -311,7 +311,7 @@ def test_triton_backend_on_cpu_without_interpreter_raises(monkeypatch):
 
 
 def test_default_backend_is_torch_on_cpu_and_triton_on_cuda(monkeypatch):
-    from hf_calib import losses
+    from hf_calib.loss import functions as losses
 
     assert losses.resolve_backend(None, torch.device("cpu")) == "torch"
     assert losses.resolve_backend(None, torch.device("cuda")) == "triton"

@@ -64,11 +64,10 @@ class _DDPLike(nn.Module):
 
 
 def test_ignore_index_is_the_transformers_value_everywhere():
-    from hf_calib._fused_head import IGNORE_INDEX as fused
     from hf_calib.data import IGNORE_INDEX as data
-    from hf_calib.token_calibration import IGNORE_INDEX as token
+    from hf_calib.loss import head, token_calibration
 
-    assert IGNORE_INDEX == fused == data == token == -100
+    assert IGNORE_INDEX == head.IGNORE_INDEX == data == token_calibration.IGNORE_INDEX == -100
 
 
 def test_base_model_unwraps_peft_only():

@@ -16,14 +16,14 @@ from torchmetrics.functional.classification import binary_calibration_error
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, Trainer, TrainingArguments
 
 from hf_calib.callbacks import ReliabilityDiagramCallback
-from hf_calib.metrics import calibration_error
-from hf_calib.token_calibration import (
+from hf_calib.loss import (
     TokenCalibrationConfig,
     stats_width,
     token_calibration_metrics,
     token_calibration_state,
     token_calibration_stats,
 )
+from hf_calib.metrics import calibration_error
 from hf_calib.trainer import CalibratedTrainer
 from hf_calib_kernels.token_stats import linear_row_stats, logits_row_stats
 

@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from hf_calib import label_smoothing_ce
-from hf_calib._fused_head import FusedLossLinear
+from hf_calib.loss import FusedLossLinear
 from hf_calib.trainer import CalibratedTrainer, FusedLossFallbackWarning
 
 VOCAB = 1001  # odd on purpose: no power-of-two chunking luck
@@ -525,7 +525,8 @@ def test_sft_trainer_is_lazy_and_explains_missing_trl(monkeypatch):
     import hf_calib.trainer as trainer_module
 
     monkeypatch.setitem(sys.modules, "trl", None)  # as if TRL were not installed
-    monkeypatch.delitem(sys.modules, "hf_calib._sft_trainer", raising=False)
+    monkeypatch.delitem(sys.modules, "hf_calib.trainer.sft", raising=False)
+    monkeypatch.delitem(vars(trainer_module), "CalibratedSFTTrainer", raising=False)
     with pytest.raises(ImportError, match="pip install trl"):
         _ = trainer_module.CalibratedSFTTrainer
     with pytest.raises(AttributeError):

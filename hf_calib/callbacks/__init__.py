@@ -3,8 +3,7 @@
 * :class:`ReliabilityDiagramCallback` — reliability diagrams of token-level calibration at each evaluation.
 * :class:`MultipleChoiceCalibrationCallback` — multiple-choice calibration at each evaluation (plain Trainer).
 * :class:`GenerationEvalCallback` — reference metrics and judge scores of generations at each evaluation.
-* :class:`CalibratedAdapterCallback` — Trainer's Hub pushes carry the calibrated bundle (defined with the bundle
-  in :mod:`hf_calib.hub`).
+* :class:`CalibratedAdapterCallback` — Trainer's Hub pushes carry the calibrated bundle (:mod:`hf_calib.hub`).
 
 Each is imported on first use, so importing one does not import the others' dependencies.
 """
@@ -18,7 +17,7 @@ _EXPORTS = {
     "ReliabilityDiagramCallback": ".reliability",
     "MultipleChoiceCalibrationCallback": ".multiple_choice",
     "GenerationEvalCallback": ".generation",
-    "CalibratedAdapterCallback": "..hub.callback",
+    "CalibratedAdapterCallback": ".push",
 }
 
 __all__ = [
@@ -42,7 +41,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from ..hub.callback import CalibratedAdapterCallback
     from .generation import GenerationEvalCallback
     from .multiple_choice import MultipleChoiceCalibrationCallback
+    from .push import CalibratedAdapterCallback
     from .reliability import ReliabilityDiagramCallback

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from ..loss import TokenCalibrationMetrics
 from ..metrics import reliability_diagram_from_state, save_reliability_diagram
-from ..token_calibration import TokenCalibrationMetrics
 from ._keys import metric_key_prefix
 
 if TYPE_CHECKING:

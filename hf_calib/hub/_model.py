@@ -13,10 +13,6 @@ from .._fingerprint import check_fingerprint
 AUTO_CLASSES = {"causal_lm": "AutoModelForCausalLM", "sequence_classification": "AutoModelForSequenceClassification"}
 
 
-def is_peft(model: Any) -> bool:
-    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
-
-
 def task_of(model: nn.Module) -> str:
     """``"causal_lm"`` or ``"sequence_classification"`` for a PEFT model; ``ValueError`` otherwise."""
     name = type(model.get_base_model()).__name__

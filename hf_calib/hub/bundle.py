@@ -32,8 +32,10 @@ from torch import nn
 
 from .._fingerprint import check_fingerprint, model_fingerprint
 from .._folders import finalize_tree, staging_folder, swap_in
+from .._model_utils import is_peft
 from .._version import __version__
-from ..calibrators import Calibrator, get_calibrator, registered_calibrators
+from ..calibrators import Calibrator, registered_calibrators
+from ._checks import calibrator_class, check_calibrators, check_finite_weights, verified_manifest
 from ._files import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
@@ -41,17 +43,13 @@ from ._files import (
     FORMAT_VERSION,
     MANIFEST_FILE,
     README_FILE,
-    BundleError,
-    check_bundle_files,
-    check_finite_tensors,
     check_replaceable,
     file_checksums,
     list_files,
-    read_manifest,
     resolve_folder,
     write_json_file,
 )
-from ._model import AUTO_CLASSES, adapter_config, is_peft, load_base_model, task_of
+from ._model import adapter_config, load_base_model, task_of
 from .card import DIAGRAM_FILE, CardInfo, build_model_card
 from .report import CalibrationReport
 
@@ -109,7 +107,7 @@ class CalibratedAdapter(nn.Module):
         if temperature is not None and thermometer is not None:
             raise ValueError("pass either temperature or thermometer, not both: each sets the temperature.")
         explicit = [c for c in (temperature, thermometer) if c is not None] + list(calibrators)
-        _check_calibrators(explicit)
+        check_calibrators(explicit)
         if label_smoothing is not None and not (
             isinstance(label_smoothing, int | float)
             and not isinstance(label_smoothing, bool)
@@ -268,26 +266,13 @@ class CalibratedAdapter(nn.Module):
         return [*files, MANIFEST_FILE, README_FILE]
 
     def write_files(self, folder: str | os.PathLike[str], *, repo_id: str | None = None) -> list[str]:
-        """Write the whole bundle into the empty folder ``folder``; returns the files written (relative paths).
-
-        Prefer :meth:`save_pretrained`, which writes atomically.
-        """
+        """Write the bundle into the empty ``folder`` (not atomic; prefer :meth:`save_pretrained`); returns files."""
         files = self.write_components(folder)
         return self.write_manifest(folder, files, repo_id=repo_id)
 
     def check_finite(self) -> None:
         """Refuse to save adapter, head or Thermometer weights holding NaN or inf (a diverged run)."""
-        from peft import get_peft_model_state_dict
-
-        tensors = [(f"adapter tensor {k}", v) for k, v in get_peft_model_state_dict(self.model).items()]
-        for calibrator in self.calibrators:
-            tensors += [(f"{calibrator.name} tensor {k}", v) for k, v in calibrator.tensors().items()]
-        for what, tensor in tensors:
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                raise ValueError(
-                    f"the {what} holds NaN or inf values (the training diverged); nothing was saved. "
-                    "Lower the learning rate or check the data, then train again."
-                )
+        check_finite_weights(self.model, self.calibrators)
 
     def save_pretrained(self, directory: str | os.PathLike[str], *, repo_id: str | None = None) -> Path:
         """Write the bundle to ``directory`` atomically and return its path.
@@ -386,7 +371,7 @@ class CalibratedAdapter(nn.Module):
         from peft import PeftModel
 
         folder = resolve_folder(path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir, endpoint=endpoint)
-        manifest = _verified_manifest(folder)
+        manifest = verified_manifest(folder)
         task, fingerprint = manifest["task"], manifest.get("base_model")
         what = f"The calibrated adapter in {folder}"
         checks = {"what": what, "require": True, "ignore_mismatch": allow_base_model_mismatch}
@@ -401,7 +386,7 @@ class CalibratedAdapter(nn.Module):
         check_fingerprint(fingerprint, base_model, **checks)
         model = PeftModel.from_pretrained(base_model, str(folder), is_trainable=is_trainable)
         loaded = [
-            _calibrator_class(name, folder).load(folder, model, entry)
+            calibrator_class(name, folder).load(folder, model, entry)
             for name, entry in (manifest.get("components") or {}).items()
             if entry is not None
         ]
@@ -413,59 +398,3 @@ class CalibratedAdapter(nn.Module):
             report=None if report is None else CalibrationReport.from_dict(report),
             card=CardInfo.from_dict(manifest.get("card") or {}),
         ).eval()
-
-
-def _verified_manifest(folder: Path) -> dict[str, Any]:
-    """The manifest of ``folder`` once every file, tensor and field a load relies on has been checked."""
-    manifest = read_manifest(folder)
-    check_bundle_files(folder, manifest)
-    check_finite_tensors(folder, manifest["files"])
-    if manifest.get("task") not in AUTO_CLASSES:
-        raise BundleError(
-            f"{folder / MANIFEST_FILE} has an unknown task {manifest.get('task')!r}; expected one of "
-            f"{list(AUTO_CLASSES)}."
-        )
-    fingerprint = manifest.get("base_model")
-    if fingerprint is not None and not isinstance(fingerprint, dict):
-        raise BundleError(f"{folder / MANIFEST_FILE} is corrupted: 'base_model' must be a JSON object.")
-    components = manifest.get("components")
-    if components is not None and not (
-        isinstance(components, dict) and all(v is None or isinstance(v, dict) for v in components.values())
-    ):
-        raise BundleError(f"{folder / MANIFEST_FILE} is corrupted: 'components' must map names to objects or null.")
-    for name, entry in (components or {}).items():
-        if entry is not None:
-            _calibrator_class(name, folder)
-    return manifest
-
-
-def _calibrator_class(name: str, folder: Path) -> type[Calibrator]:
-    """The registered calibrator ``name`` a bundle needs (the built-in ones are imported first)."""
-    # The built-in calibrators register themselves when their modules are imported.
-    from ..adue import io as _adue  # noqa: F401
-    from ..scaling import temperature as _temperature  # noqa: F401
-
-    try:
-        return get_calibrator(name)
-    except KeyError as err:
-        raise BundleError(f"{folder / MANIFEST_FILE}: {err.args[0]}") from None
-
-
-def _check_calibrators(calibrators: list[Any]) -> None:
-    """Each is a registered :class:`Calibrator`, names are unique, and at most one sets the temperature."""
-    for calibrator in calibrators:
-        if not isinstance(calibrator, Calibrator):
-            raise TypeError(
-                f"calibrators must be hf_calib.calibrators.Calibrator instances; got {type(calibrator).__name__}."
-            )
-        if registered_calibrators().get(calibrator.name) is not type(calibrator):
-            raise ValueError(
-                f"{type(calibrator).__name__} is not registered under its name {calibrator.name!r}; decorate it "
-                "with @hf_calib.calibrators.register_calibrator so the bundle can load it back."
-            )
-    names = [c.name for c in calibrators]
-    if len(set(names)) != len(names):
-        raise ValueError(f"each calibrator may appear once in a bundle; got {names}.")
-    setters = [c.name for c in calibrators if c.sets_temperature]
-    if len(setters) > 1:
-        raise ValueError(f"only one calibrator may set the temperature; got {setters}.")

@@ -16,7 +16,8 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..calibrators import Calibrator
-from .report import HEADLINE_METRICS, CalibrationReport
+from ..metrics import headline_metrics
+from .report import CalibrationReport
 
 DIAGRAM_FILE = "reliability_diagram.png"
 
@@ -95,6 +96,7 @@ def _eval_results(report: CalibrationReport, task: str) -> list[EvalResult]:
         + ")",
         "accuracy": f"Accuracy ({report.level}-level)",
     }
+    labels = headline_metrics()
     return [
         EvalResult(
             task_type=_PIPELINES.get(task, "text-generation"),
@@ -103,7 +105,7 @@ def _eval_results(report: CalibrationReport, task: str) -> list[EvalResult]:
             dataset_split=split,
             metric_type=key,
             metric_value=round(value, 6),
-            metric_name=names[key],
+            metric_name=names.get(key, f"{labels[key]} ({suffix})"),
         )
         for key, value in report.headline().items()
     ]
@@ -114,7 +116,7 @@ def _metrics_table(report: CalibrationReport) -> list[str]:
         ["Metric", "Before calibration (T = 1)", "After calibration"] if report.uncalibrated else ["Metric", "Value"]
     )
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for key, label in HEADLINE_METRICS.items():
+    for key, label in headline_metrics().items():
         if key not in report.metrics:
             continue
         row = [label]
@@ -125,30 +127,13 @@ def _metrics_table(report: CalibrationReport) -> list[str]:
     return lines
 
 
-def build_model_card(
-    *,
-    info: CardInfo,
-    task: str,
-    repo_id: str | None,
-    adapter: dict[str, Any],
-    label_smoothing: float | None,
-    calibrators: Sequence[Calibrator],
-    report: CalibrationReport | None,
-    diagram: bool,
-) -> ModelCard:
-    """Build the card of a bundle (see the module docstring); ``adapter`` is the PEFT ``adapter_config.json``.
-
-    Each calibrator contributes its rows of the file table, its notes under "Calibration" and the outputs it
-    adds (:class:`hf_calib.calibrators.Calibrator`).
-    """
-    scaled = any(c.sets_temperature for c in calibrators)
-    added = {name: text for c in calibrators for name, text in c.added_outputs.items()}
-    model_name = info.model_name or (repo_id.split("/")[-1] if repo_id else "calibrated-adapter")
+def _card_data(info: CardInfo, task: str, model_name: str, adapter: dict[str, Any], report: CalibrationReport | None):
+    """The card's YAML metadata (what the Hub indexes)."""
     peft_type = str(adapter.get("peft_type", "LORA")).lower()
     tags = ["hf-calib", "calibration", "peft", peft_type] + [t for t in info.tags if t]
     if info.base_model:
         tags.append(f"base_model:adapter:{info.base_model}")
-    data = ModelCardData(
+    return ModelCardData(
         base_model=info.base_model,
         datasets=list(info.datasets) or None,
         language=info.language,
@@ -158,23 +143,12 @@ def build_model_card(
         tags=list(dict.fromkeys(tags)),
         model_name=model_name,
         eval_results=_eval_results(report, task) if report and report.headline() else None,
-        metrics=[key for key in HEADLINE_METRICS if report and key in report.metrics] or None,
+        metrics=[key for key in headline_metrics() if report and key in report.metrics] or None,
     )
-    load_id = repo_id or "path/to/this/folder"
-    base_id = info.base_model or "<base model id>"
-    base_ref = f"[`{base_id}`](https://huggingface.co/{base_id})" if _HUB_ID.fullmatch(base_id) else f"`{base_id}`"
-    auto = "AutoModelForCausalLM" if task == "causal_lm" else "AutoModelForSequenceClassification"
-    method = _PEFT_NAMES.get(str(adapter.get("peft_type")), str(adapter.get("peft_type", "PEFT")))
-    lines = [f"# {model_name}", ""]
-    if info.description:
-        lines += [info.description, ""]
-    lines += [
-        f"A {method} adapter for {base_ref}, packaged by hf_calib with what calibrates it: the model's outputs "
-        "carry calibrated "
-        + ("next-token probabilities" if task == "causal_lm" else "class probabilities")
-        + "".join(f" and a per-example {name}" for name in added)
-        + ".",
-        "",
+
+
+def _files_section(calibrators: Sequence[Calibrator], diagram: bool) -> list[str]:
+    lines = [
         "## What is in this repository",
         "",
         "| File | Content |",
@@ -188,8 +162,12 @@ def build_model_card(
             lines.append(f"| {', '.join(f'`{name}`' for name in names)} | {what} |")
     if diagram:
         lines.append(f"| `{DIAGRAM_FILE}` | reliability diagram of the calibrated probabilities |")
-    lines += [
-        "",
+    return lines + [""]
+
+
+def _usage_section(task: str, base_id: str, load_id: str, added: dict[str, str]) -> list[str]:
+    auto = "AutoModelForCausalLM" if task == "causal_lm" else "AutoModelForSequenceClassification"
+    return [
         "## How to use",
         "",
         "With `pip install hf-calib`:",
@@ -212,9 +190,14 @@ def build_model_card(
         "and a sample of the base weights), reading only JSON and safetensors files. The adapter alone also "
         "loads with `peft.PeftModel.from_pretrained(base, ...)`, without the calibration.",
         "",
-        "## Calibration",
-        "",
     ]
+
+
+def _calibration_section(
+    calibrators: Sequence[Calibrator], label_smoothing: float | None, report: CalibrationReport | None, diagram: bool
+) -> list[str]:
+    scaled = any(c.sets_temperature for c in calibrators)
+    lines = ["## Calibration", ""]
     for calibrator in calibrators:
         lines += calibrator.card_notes()
     if label_smoothing:
@@ -249,6 +232,10 @@ def build_model_card(
             "bottom: samples per bin.",
             "",
         ]
+    return lines
+
+
+def _training_section(info: CardInfo, method: str, adapter: dict[str, Any], label_smoothing: float | None) -> list[str]:
     settings = {
         "PEFT method": method,
         "LoRA rank (r)": adapter.get("r"),
@@ -258,15 +245,54 @@ def build_model_card(
         **info.training,
     }
     settings = {key: value for key, value in settings.items() if value is not None}
-    if settings or info.datasets:
-        lines += ["## Training", ""]
-        if info.datasets:
-            lines += ["Datasets: " + ", ".join(f"`{name}`" for name in info.datasets), ""]
-        if settings:
-            lines += ["| Setting | Value |", "|---|---|"]
-            lines += [f"| {key} | {_fmt(value)} |" for key, value in settings.items()]
-            lines.append("")
+    if not (settings or info.datasets):
+        return []
+    lines = ["## Training", ""]
+    if info.datasets:
+        lines += ["Datasets: " + ", ".join(f"`{name}`" for name in info.datasets), ""]
+    if settings:
+        lines += ["| Setting | Value |", "|---|---|"]
+        lines += [f"| {key} | {_fmt(value)} |" for key, value in settings.items()]
+        lines.append("")
+    return lines
+
+
+def build_model_card(
+    *,
+    info: CardInfo,
+    task: str,
+    repo_id: str | None,
+    adapter: dict[str, Any],
+    label_smoothing: float | None,
+    calibrators: Sequence[Calibrator],
+    report: CalibrationReport | None,
+    diagram: bool,
+) -> ModelCard:
+    """Build the card of a bundle (see the module docstring); ``adapter`` is the PEFT ``adapter_config.json``.
+
+    Each calibrator contributes its rows of the file table, its notes under "Calibration" and the outputs it
+    adds (:class:`hf_calib.calibrators.Calibrator`).
+    """
+    added = {name: text for c in calibrators for name, text in c.added_outputs.items()}
+    model_name = info.model_name or (repo_id.split("/")[-1] if repo_id else "calibrated-adapter")
+    data = _card_data(info, task, model_name, adapter, report)
+    base_id = info.base_model or "<base model id>"
+    base_ref = f"[`{base_id}`](https://huggingface.co/{base_id})" if _HUB_ID.fullmatch(base_id) else f"`{base_id}`"
+    method = _PEFT_NAMES.get(str(adapter.get("peft_type")), str(adapter.get("peft_type", "PEFT")))
+    lines = [f"# {model_name}", ""]
+    if info.description:
+        lines += [info.description, ""]
     lines += [
+        f"A {method} adapter for {base_ref}, packaged by hf_calib with what calibrates it: the model's outputs "
+        "carry calibrated "
+        + ("next-token probabilities" if task == "causal_lm" else "class probabilities")
+        + "".join(f" and a per-example {name}" for name in added)
+        + ".",
+        "",
+        *_files_section(calibrators, diagram),
+        *_usage_section(task, base_id, repo_id or "path/to/this/folder", added),
+        *_calibration_section(calibrators, label_smoothing, report, diagram),
+        *_training_section(info, method, adapter, label_smoothing),
         "## Limitations",
         "",
         "Calibration is measured on, and holds for, data like the calibration set; under distribution shift the "

@@ -16,19 +16,11 @@ from typing import Any, Literal
 
 import torch
 
-from ..metrics import CalibrationState, reliability_diagram_from_state, save_reliability_diagram
+from ..metrics import CalibrationState, headline_metrics, reliability_diagram_from_state, save_reliability_diagram
 
 Level = Literal["answer", "token"]
 UncertaintySource = Literal["adue", "softmax_response"]
 
-#: The metrics a model card shows, in order, with their display names.
-HEADLINE_METRICS: dict[str, str] = {
-    "ece": "ECE",
-    "brier": "Brier score",
-    "nll": "NLL",
-    "misclassification_auroc": "Misclassification AUROC",
-    "accuracy": "Accuracy",
-}
 _LEVELS = ("answer", "token")
 _SOURCES = ("adue", "softmax_response")
 
@@ -163,8 +155,8 @@ class CalibrationReport:
         )
 
     def headline(self) -> dict[str, float]:
-        """The card's metrics (:data:`HEADLINE_METRICS` present in ``metrics``), in display order."""
-        return {key: self.metrics[key] for key in HEADLINE_METRICS if key in self.metrics}
+        """The card's metrics (the headline metrics of :mod:`hf_calib.metrics.catalog` present), in display order."""
+        return {key: self.metrics[key] for key in headline_metrics() if key in self.metrics}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready content (without ``state``)."""

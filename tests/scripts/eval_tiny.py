@@ -22,7 +22,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArgumen
 
 from hf_calib.callbacks import ReliabilityDiagramCallback
 from hf_calib.eval import MultipleChoiceCalibration
-from hf_calib.token_calibration import TokenCalibrationConfig, token_calibration_metrics
+from hf_calib.loss import TokenCalibrationConfig, token_calibration_metrics
 from hf_calib.trainer import CalibratedTrainer
 
 # The vocabulary covers the tiny BPE tokenizer of tests/test_multiple_choice.py (at most 300 ids),

@@ -1,10 +1,11 @@
 """``CalibratedLossMixin``: the fused label-smoothing loss and calibration metrics for any ``Trainer``.
 
-Used by ``hf_calib.trainer.CalibratedTrainer`` and by TRL's ``hf_calib.CalibratedSFTTrainer`` (``_sft_trainer``),
-which both import it from here: ``_sft_trainer`` does not import ``hf_calib.trainer``, which exposes it lazily.
+Used by ``CalibratedTrainer`` (``hf_calib.trainer.calibrated``) and TRL's ``CalibratedSFTTrainer``
+(``hf_calib.trainer.sft``). The loss itself, the output-layer arming and the token statistics are
+:mod:`hf_calib.loss`'s; this module wires them into ``Trainer.compute_loss`` and ``evaluation_loop``.
 
 ``TrainingArguments.label_smoothing_factor`` (``eps``, 0 included) is applied by
-:func:`hf_calib.fused_linear_label_smoothing_ce` inside the model's forward (see ``_fused_head``),
+:func:`hf_calib.fused_linear_label_smoothing_ce` inside the model's forward (see :mod:`hf_calib.loss.head`),
 so a causal LM never materializes its ``[B, T, V]`` logits during training or loss-only
 evaluation. Per non-ignored token with logits ``z`` (``V`` classes) and shifted target ``y``::
 
@@ -18,7 +19,7 @@ Models the fused path cannot serve exactly take the logits path (same loss, comp
 models without a causal LM loss (e.g. sequence classification) keep Trainer's own loss.
 
 Every evaluation of a causal LM also reports token-level calibration (``eval_token_ece``,
-``eval_token_nll``, ... ; :mod:`hf_calib.token_calibration`), reduced per batch to per-sample
+``eval_token_nll``, ... ; :mod:`hf_calib.loss.token_calibration`), reduced per batch to per-sample
 statistics (computed inside the armed output layer on the fused path, so still no ``[B, T, V]``
 logits), gathered like predictions and merged into the metrics before Trainer logs them.
 ``multiple_choice=`` adds answer-level calibration on multiple-choice questions the same way
@@ -35,28 +36,26 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ._fused_head import (
-    IGNORE_INDEX,
+from .._model_utils import IGNORE_INDEX
+from ..loss import (
     FusedLossPlan,
     FusedLossRequest,
-    TokenStats,
-    armed,
-    plan_fused_loss,
-    shift_causal_labels,
-    token_stats_from_logits,
-)
-from ._model_utils import base_model
-from .losses import label_smoothing_ce
-from .token_calibration import (
     TokenCalibrationConfig,
     TokenCalibrationMetrics,
+    TokenStats,
+    armed,
+    is_causal_lm,
+    label_smoothing_ce,
     pack_token_stats,
+    plan_fused_loss,
+    shift_causal_labels,
     stats_width,
     token_calibration_stats,
+    token_stats_from_logits,
 )
 
 if TYPE_CHECKING:
-    from .eval import MultipleChoiceCalibration
+    from ..eval import MultipleChoiceCalibration
 
 # The logger keeps the name it had when this code lived in hf_calib.trainer.
 logger = logging.getLogger("hf_calib.trainer")
@@ -66,24 +65,6 @@ __all__ = ["CalibratedLossMixin", "FusedLossFallbackWarning"]
 
 class FusedLossFallbackWarning(UserWarning):
     """A causal LM trains on the logits path (full ``[B, T, V]`` logits) instead of the fused loss."""
-
-
-def _is_causal_lm(model: nn.Module) -> bool:
-    """Whether transformers would train ``model`` with the shifted causal-LM loss."""
-    from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    base = base_model(model)
-    config = getattr(base, "config", None)
-    if config is None or getattr(config, "is_encoder_decoder", False):
-        return False
-    if type(base).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
-        return True
-    try:
-        loss_type = getattr(base, "loss_type", None)
-    except Exception:  # noqa: BLE001 - some models compute loss_type lazily from the config
-        loss_type = None
-    return LOSS_MAPPING.get(loss_type) is ForCausalLMLoss
 
 
 class CalibratedLossMixin:
@@ -105,7 +86,7 @@ class CalibratedLossMixin:
       a user ``compute_loss_func``, batches without ``labels``.
 
     Evaluation of a causal LM reports token-level calibration metrics (``calibration_metrics``:
-    ``True`` for the defaults of :class:`~hf_calib.token_calibration.TokenCalibrationConfig`, a
+    ``True`` for the defaults of :class:`~hf_calib.loss.TokenCalibrationConfig`, a
     config, or ``False`` to switch them off); ``token_calibration.last_state`` holds the latest
     evaluation's :class:`~hf_calib.metrics.CalibrationState`.
 
@@ -125,7 +106,7 @@ class CalibratedLossMixin:
         multiple_choice: MultipleChoiceCalibration | Sequence[MultipleChoiceCalibration] | None = None,
         **kwargs: Any,
     ) -> None:
-        from .callbacks.multiple_choice import check_tokenizers, resolve_multiple_choice
+        from ..callbacks.multiple_choice import check_tokenizers, resolve_multiple_choice
 
         config = TokenCalibrationConfig.resolve(calibration_metrics)
         evaluators = resolve_multiple_choice(multiple_choice)
@@ -148,7 +129,7 @@ class CalibratedLossMixin:
         self._calib_pending: torch.Tensor | None = None  # this batch's per-sample statistics
         self._calib_setup(self.model)
         if config is not None and config.reliability_diagram:
-            from .callbacks.reliability import ReliabilityDiagramCallback
+            from ..callbacks.reliability import ReliabilityDiagramCallback
 
             self.add_callback(ReliabilityDiagramCallback(self.token_calibration, trainer=self))
 
@@ -175,7 +156,7 @@ class CalibratedLossMixin:
 
     def _calib_setup(self, model: nn.Module) -> None:
         self._calib_plan = None
-        self._calib_is_causal = _is_causal_lm(model)
+        self._calib_is_causal = is_causal_lm(model)
         if not self._calib_is_causal:
             logger.info("hf_calib: %s has no causal-LM loss; using the trainer's own loss.", type(model).__name__)
             return
@@ -402,7 +383,7 @@ class CalibratedLossMixin:
         """Add the armed multiple-choice metrics to an evaluation loop's output (see :meth:`evaluate`)."""
         prefix, self._mc_prefix = self._mc_prefix, None
         if prefix is not None:
-            from .callbacks.multiple_choice import run_multiple_choice
+            from ..callbacks.multiple_choice import run_multiple_choice
 
             output.metrics.update(run_multiple_choice(self.multiple_choice, self.model, self.processing_class, prefix))
         return output

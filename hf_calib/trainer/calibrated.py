@@ -1,10 +1,9 @@
 """``CalibratedTrainer``: transformers' ``Trainer`` with the fused label-smoothing loss.
 
 The loss, the token-level calibration metrics and ``multiple_choice=`` come from
-:class:`CalibratedLossMixin` (defined in ``hf_calib._calibrated_loss``; exported here and as
-``hf_calib.CalibratedLossMixin``). ``CalibratedTrainer`` adds bundle pushes to the Hub through
-:class:`~hf_calib.hub.CalibratedAdapterCallback`. ``CalibratedSFTTrainer`` (TRL's ``SFTTrainer`` with the
-mixin) is imported from ``hf_calib._sft_trainer`` only when asked for, since TRL is optional.
+:class:`~hf_calib.trainer.mixin.CalibratedLossMixin`. ``CalibratedTrainer`` adds bundle pushes to the Hub
+through its callback, :class:`~hf_calib.callbacks.CalibratedAdapterCallback`: the trainer knows the callback,
+never the hub.
 """
 
 from __future__ import annotations
@@ -13,9 +12,9 @@ from typing import Any
 
 from transformers import Trainer
 
-from ._calibrated_loss import CalibratedLossMixin, FusedLossFallbackWarning
+from .mixin import CalibratedLossMixin
 
-__all__ = ["CalibratedLossMixin", "CalibratedTrainer", "FusedLossFallbackWarning"]
+__all__ = ["CalibratedTrainer"]
 
 
 class CalibratedTrainer(CalibratedLossMixin, Trainer):
@@ -27,16 +26,16 @@ class CalibratedTrainer(CalibratedLossMixin, Trainer):
 
     Hub pushes of a PEFT model (``push_to_hub=True``, any ``hub_strategy``, and ``push_to_hub()``) upload the
     whole calibrated bundle through ``self.calibrated_adapter``, a
-    :class:`~hf_calib.hub.CalibratedAdapterCallback` (pass your own as ``calibrated_adapter=``, or set its
+    :class:`~hf_calib.callbacks.CalibratedAdapterCallback` (pass your own as ``calibrated_adapter=``, or set its
     ``temperature`` / ``report`` / ``card`` before pushing); the model card is the calibration card.
     """
 
     def __init__(self, *args: Any, calibrated_adapter: Any = None, **kwargs: Any) -> None:
-        from .hub.callback import CalibratedAdapterCallback
+        from ..callbacks.push import CalibratedAdapterCallback
 
         if calibrated_adapter is not None and not isinstance(calibrated_adapter, CalibratedAdapterCallback):
             raise TypeError(
-                "calibrated_adapter must be a hf_calib.hub.CalibratedAdapterCallback; "
+                "calibrated_adapter must be a hf_calib.callbacks.CalibratedAdapterCallback; "
                 f"got {type(calibrated_adapter).__name__}."
             )
         super().__init__(*args, **kwargs)
@@ -57,11 +56,3 @@ class CalibratedTrainer(CalibratedLossMixin, Trainer):
         """The calibration card for a PEFT model (see :mod:`hf_calib.hub.card`), else Trainer's own card."""
         if self.is_world_process_zero() and not self.calibrated_adapter.write_model_card(self, **kwargs):
             super().create_model_card(**kwargs)
-
-
-def __getattr__(name: str):
-    if name == "CalibratedSFTTrainer":
-        from ._sft_trainer import CalibratedSFTTrainer
-
-        return CalibratedSFTTrainer
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -34,8 +34,8 @@ import torch.nn.functional as F
 
 from hf_calib_kernels.token_stats import TokenRowStats, logits_row_stats
 
-from ._model_utils import IGNORE_INDEX
-from .metrics import CalibrationState
+from .._model_utils import IGNORE_INDEX
+from ..metrics import CalibrationState, logged_metrics
 
 DEFAULT_PREFIX = "token_"
 
@@ -182,13 +182,13 @@ def token_calibration_state(stats: torch.Tensor | np.ndarray, *, n_bins: int = 1
 
 
 def _summary(state: CalibrationState, prefix: str) -> dict[str, float]:
-    """``{prefix}count`` and, with at least one token, ``{prefix}`` + ece, rms_ce, mce, nll, brier, accuracy,
-    mean_confidence."""
+    """``{prefix}count`` and, with at least one token, ``{prefix}`` + every logged metric of
+    :mod:`hf_calib.metrics.catalog` (ece, rms_ce, mce, brier, nll, accuracy, mean_confidence)."""
     if state.n_samples == 0:
         return {f"{prefix}count": 0}
     values = state.compute()
     out: dict[str, float] = {f"{prefix}count": int(values.pop("n_samples"))}
-    for key in ("ece", "rms_ce", "mce", "nll", "brier", "accuracy", "mean_confidence"):
+    for key in logged_metrics():
         out[f"{prefix}{key}"] = float(values[key])
     return out
 

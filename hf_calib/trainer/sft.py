@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from ._calibrated_loss import CalibratedLossMixin
-from ._fused_head import TokenStats
+from ..loss import TokenStats
+from .mixin import CalibratedLossMixin
 
 try:
     from trl import SFTTrainer

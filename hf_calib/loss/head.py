@@ -29,8 +29,8 @@ from torch import nn
 from hf_calib_kernels import chunk_rows_for
 from hf_calib_kernels.token_stats import TokenRowStats, linear_row_stats
 
-from ._model_utils import IGNORE_INDEX, base_model, eval_mode, unwrap_parallel
-from .losses import fused_linear_label_smoothing_ce, label_smoothing_ce
+from .._model_utils import IGNORE_INDEX, base_model, eval_mode, unwrap_parallel
+from .functions import fused_linear_label_smoothing_ce, label_smoothing_ce
 
 # Config fields that make a transformers model transform its logits after the output layer
 # (transformers 5.23). The probe is authoritative when it can run: MiniCPM3 scales the hidden
@@ -368,3 +368,21 @@ def plan_fused_loss(model: nn.Module, *, probe: bool = True) -> FusedLossPlan:
             uninstall_fused_head(head)
         return FusedLossPlan(None, reason=reason)
     return FusedLossPlan(head, softcap=softcap)
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    """Whether transformers would train ``model`` with the shifted causal-LM loss."""
+    from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    base = base_model(model)
+    config = getattr(base, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        return False
+    if type(base).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        return True
+    try:
+        loss_type = getattr(base, "loss_type", None)
+    except Exception:  # noqa: BLE001 - some models compute loss_type lazily from the config
+        loss_type = None
+    return LOSS_MAPPING.get(loss_type) is ForCausalLMLoss

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,18 +29,14 @@ from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .._model_utils import unwrap_ddp
+from .._model_utils import is_peft, unwrap_ddp
 from ..calibrators import Calibrator
-from ._files import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, MANIFEST_FILE, README_FILE, copy_into
-from ._model import is_peft
-from .bundle import CalibratedAdapter
-from .card import CardInfo
-from .report import CalibrationReport
+from ..hub import CalibratedAdapter, CalibrationReport, CardInfo, write_alongside_adapter
 
 if TYPE_CHECKING:
     from transformers import Trainer
 
-    from ..token_calibration import TokenCalibrationMetrics
+    from ..loss import TokenCalibrationMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -163,22 +157,8 @@ class CalibratedAdapterCallback(TrainerCallback):
         bundle = self.build(model, args)
         if bundle is None or not folders:
             return []
-        # Staged outside output_dir, so nothing half-written there can ride along with an upload.
-        staged = Path(tempfile.mkdtemp(prefix="hf_calib_bundle_"))
-        try:
-            files = bundle.write_components(staged)
-            adapter_files = [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE]
-            if adapter_source is not None and all((adapter_source / name).is_file() for name in adapter_files):
-                copy_into(adapter_source, staged, adapter_files)
-            names = bundle.write_manifest(staged, files, repo_id=repo_id)
-            own = [name for name in names if name not in adapter_files and (staged / name).is_file()]
-            own.sort(key=lambda name: name == MANIFEST_FILE)  # the manifest last
-            for folder in folders:
-                copy_into(staged, folder, own)
-        finally:
-            shutil.rmtree(staged, ignore_errors=True)
+        own, self._files = write_alongside_adapter(bundle, folders, repo_id=repo_id, adapter_source=adapter_source)
         self.written = list(folders)
-        self._files = files
         return own
 
     # ------------------------------------------------------------------ Trainer events
@@ -229,7 +209,7 @@ class CalibratedAdapterCallback(TrainerCallback):
             bundle.write_manifest(output_dir, files, repo_id=repo_id)
         else:
             diagram = (output_dir / "reliability_diagram.png").is_file()
-            bundle.model_card(repo_id, diagram=diagram).save(os.path.join(output_dir, README_FILE))
+            bundle.model_card(repo_id, diagram=diagram).save(os.path.join(output_dir, "README.md"))
         return True
 
     def push_to_hub(self, trainer: Trainer, **kwargs: Any) -> Any:
