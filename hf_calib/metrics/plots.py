@@ -211,8 +211,28 @@ def _draw(
     conf = (conf_sum[nonempty] / n).tolist()
     ece = calibration_error_from_sums(count, conf_sum, correct_sum, "l1")
     mce = calibration_error_from_sums(count, conf_sum, correct_sum, "max")
-    width = 1.0 / n_bins
+    _draw_reliability(top, mpl, left, acc, conf, n_bins=n_bins)
+    metrics_handle = mpl.patches.Patch(visible=False, label=f"ECE = {ece:.3f}   MCE = {mce:.3f}")
+    handles, _ = top.get_legend_handles_labels()
+    top.legend(handles=[*handles, metrics_handle], loc="upper left", fontsize=9, framealpha=0.95)
+    heading = title if title is not None else "Reliability diagram"
+    bins = f"{n_bins} equal-width bin" + ("s" if n_bins > 1 else "")
+    top.set_title(f"{heading}\nN = {n_total:,}, {bins}", fontsize=11)
 
+    if bottom is None:
+        top.set_xlabel("Confidence")
+        return figure
+    accuracy = float(correct_sum.sum().item()) / n_total
+    mean_conf = float(conf_sum.sum().item()) / n_total
+    _draw_counts(bottom, left, n.tolist(), accuracy, mean_conf, n_bins=n_bins, log_counts=log_counts)
+    return figure
+
+
+def _draw_reliability(
+    top: Axes, mpl: Any, left: list[float], acc: list[float], conf: list[float], *, n_bins: int
+) -> None:
+    """Top panel without its legend and title: the diagonal, accuracy bars and hatched gap bars per bin."""
+    width = 1.0 / n_bins
     top.plot([0, 1], [0, 1], linestyle="--", color="#222222", linewidth=1.2, label="Perfect calibration", zorder=4)
     top.bar(
         left,
@@ -241,22 +261,23 @@ def _draw(
     top.set(xlim=(0, 1), ylim=(0, 1), ylabel="Accuracy")
     top.grid(True, color="#e5e5e5", linewidth=0.6, zorder=0)
     top.set_axisbelow(True)
-    metrics_handle = mpl.patches.Patch(visible=False, label=f"ECE = {ece:.3f}   MCE = {mce:.3f}")
-    handles, _ = top.get_legend_handles_labels()
-    top.legend(handles=[*handles, metrics_handle], loc="upper left", fontsize=9, framealpha=0.95)
-    heading = title if title is not None else "Reliability diagram"
-    bins = f"{n_bins} equal-width bin" + ("s" if n_bins > 1 else "")
-    top.set_title(f"{heading}\nN = {n_total:,}, {bins}", fontsize=11)
 
-    if bottom is None:
-        top.set_xlabel("Confidence")
-        return figure
-    accuracy = float(correct_sum.sum().item()) / n_total
-    mean_conf = float(conf_sum.sum().item()) / n_total
+
+def _draw_counts(
+    bottom: Axes,
+    left: list[float],
+    counts: list[float],
+    accuracy: float,
+    mean_conf: float,
+    *,
+    n_bins: int,
+    log_counts: bool,
+) -> None:
+    """Bottom panel: samples per non-empty bin, with the overall accuracy and mean confidence as vertical lines."""
     bottom.bar(
         left,
-        n.tolist(),
-        width=width,
+        counts,
+        width=1.0 / n_bins,
         align="edge",
         color="#9aa9bd",
         edgecolor="#4a5a70",
@@ -280,4 +301,3 @@ def _draw(
     bottom.grid(True, axis="y", color="#e5e5e5", linewidth=0.6, zorder=0)
     bottom.set_axisbelow(True)
     bottom.legend(loc="best", fontsize=8, framealpha=0.95)
-    return figure

@@ -5,34 +5,26 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from . import _distributed
+from . import _distributed, _state_batches, _state_io
 from ._checks import (
     ArrayLike,
-    as_tensor,
-    binary_1d,
     check_n_bins,
-    confidences_1d,
     labels_1d,
     logits_2d,
     probs_2d,
     same_length,
     scores_1d,
 )
+from ._state_io import OPTIONAL, SAMPLE_DTYPES, SAMPLE_KEYS, sum_keys
 from .calibration import (
     bin_sums,
     calibration_error_from_sums,
-    classwise_bin_sums,
     quantile_bin_index,
     top1,
-    top_label_bin_sums,
     uniform_bin_index,
 )
 from .ranking import aurc, misclassification_auprc, misclassification_auroc
 from .scores import DEFAULT_MIN_PROB, brier_per_sample, check_min_prob, nll_per_sample
-
-_SAMPLE_DTYPES = (torch.float32, torch.float64)
-_SAMPLE_KEYS = ("sample_confidence", "sample_correct", "sample_uncertainty")
-_OPTIONAL = ("nll", "brier")
 
 
 class CalibrationState:
@@ -80,7 +72,7 @@ class CalibrationState:
             raise ValueError(f"num_classes must be None or an integer >= 1; got {num_classes!r}.")
         if not isinstance(keep_samples, bool):
             raise ValueError(f"keep_samples must be True or False; got {keep_samples!r}.")
-        if sample_dtype not in _SAMPLE_DTYPES:
+        if sample_dtype not in SAMPLE_DTYPES:
             raise ValueError(f"sample_dtype must be torch.float32 or torch.float64; got {sample_dtype!r}.")
         self.num_classes = num_classes
         self.keep_samples = keep_samples
@@ -90,18 +82,8 @@ class CalibrationState:
     # ------------------------------------------------------------------ accumulation
     def reset(self) -> None:
         """Forget every sample."""
-        shapes = {"bin": (self.n_bins,)}
-        if self.num_classes is not None:
-            shapes.update(top_label=(self.num_classes, self.n_bins), classwise=(self.num_classes, self.n_bins))
-        self._sums: dict[str, torch.Tensor] = {}
-        for prefix, shape in shapes.items():
-            self._sums[f"{prefix}_count"] = torch.zeros(shape, dtype=torch.int64)
-            self._sums[f"{prefix}_confidence_sum"] = torch.zeros(shape, dtype=torch.float64)
-            self._sums[f"{prefix}_correct_sum"] = torch.zeros(shape, dtype=torch.float64)
-        for name in _OPTIONAL:
-            self._sums[f"{name}_sum"] = torch.zeros((), dtype=torch.float64)
-            self._sums[f"{name}_count"] = torch.zeros((), dtype=torch.int64)
-        self._samples: dict[str, list[torch.Tensor]] = {key: [] for key in _SAMPLE_KEYS}
+        self._sums: dict[str, torch.Tensor] = _state_io.empty_sums(self.n_bins, self.num_classes)
+        self._samples: dict[str, list[torch.Tensor]] = {key: [] for key in SAMPLE_KEYS}
 
     @property
     def n_samples(self) -> int:
@@ -136,19 +118,7 @@ class CalibrationState:
                 "CalibrationState(num_classes=...) needs full probability rows: use update_from_probs or "
                 "update_from_logits instead of update."
             )
-        conf = confidences_1d(confidences, allow_empty=True)
-        hit = binary_1d(correct, "correct", allow_empty=True)
-        named = [("confidences", conf), ("correct", hit)]
-        extra = {}
-        for name, value in (("uncertainty", uncertainty), ("nll", nll), ("brier", brier)):
-            if value is not None:
-                extra[name] = scores_1d(value, name, allow_empty=True)
-                named.append((name, extra[name]))
-        same_length(*named)
-        if "nll" in extra and bool((extra["nll"] < 0).any()):
-            raise ValueError("nll must be >= 0 (a negative log-probability of the true class).")
-        if "brier" in extra and bool(((extra["brier"] < 0) | (extra["brier"] > 2)).any()):
-            raise ValueError("brier must lie in [0, 2] (per-sample sum over classes of squared errors).")
+        conf, hit, extra = _state_batches.check_batch(confidences, correct, uncertainty, nll, brier)
         self._add(conf, hit, **extra)
 
     def update_from_probs(
@@ -166,7 +136,9 @@ class CalibrationState:
         score, and the per-class sums when ``num_classes`` is set. Positions whose label equals
         ``ignore_index`` (e.g. -100) are dropped, together with their ``uncertainty`` (shape [...]).
         """
-        rows, labels, uncertainty = self._flatten(probs, labels, uncertainty, ignore_index, "probs")
+        rows, labels, uncertainty = _state_batches.flatten_rows(
+            probs, labels, uncertainty, ignore_index, "probs", self.num_classes
+        )
         p = probs_2d(rows, allow_empty=True)
         y = labels_1d(labels, p.shape[1])
         self._add_rows(p, y, uncertainty, nll=nll_per_sample(p, y, check_min_prob(min_prob)))
@@ -181,29 +153,13 @@ class CalibrationState:
     ) -> None:
         """Like :meth:`update_from_probs` from logits [..., C]: softmax in float32 (float64 for float64
         logits) and NLL ``logsumexp(z) - z_y`` without clamping."""
-        rows, labels, uncertainty = self._flatten(logits, labels, uncertainty, ignore_index, "logits")
+        rows, labels, uncertainty = _state_batches.flatten_rows(
+            logits, labels, uncertainty, ignore_index, "logits", self.num_classes
+        )
         log_p = torch.log_softmax(logits_2d(rows, allow_empty=True), dim=1)
         y = labels_1d(labels, log_p.shape[1])
         nll = -log_p.gather(1, y[:, None]).squeeze(1).double()
         self._add_rows(log_p.exp(), y, uncertainty, nll=nll)
-
-    def _flatten(
-        self, rows: ArrayLike, labels: ArrayLike, uncertainty: ArrayLike | None, ignore_index: int | None, name: str
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Flatten [..., C] / [...] to [N, C] / [N] and drop ``ignore_index`` positions."""
-        x, y = as_tensor(rows, name), as_tensor(labels, "labels")
-        if x.ndim < 1 or tuple(x.shape[:-1]) != tuple(y.shape):
-            raise ValueError(f"labels must have shape {name}.shape[:-1] = {tuple(x.shape[:-1])}; got {tuple(y.shape)}.")
-        if self.num_classes is not None and x.shape[-1] != self.num_classes:
-            raise ValueError(f"{name} has {x.shape[-1]} classes but the state has num_classes={self.num_classes}.")
-        u = None if uncertainty is None else as_tensor(uncertainty, "uncertainty")
-        if u is not None and tuple(u.shape) != tuple(y.shape):
-            raise ValueError(f"uncertainty must have the shape of labels {tuple(y.shape)}; got {tuple(u.shape)}.")
-        x, y, u = x.reshape(-1, x.shape[-1]), y.reshape(-1), (None if u is None else u.reshape(-1))
-        if ignore_index is not None:
-            keep = y != ignore_index
-            x, y, u = x[keep], y[keep], (None if u is None else u[keep])
-        return x, y, u
 
     def _add_rows(self, p: torch.Tensor, y: torch.Tensor, u: torch.Tensor | None, *, nll: torch.Tensor) -> None:
         same_length(("probs", p), ("labels", y))
@@ -213,11 +169,7 @@ class CalibrationState:
             extra["uncertainty"] = scores_1d(u, "uncertainty", allow_empty=True)
         class_sums: dict[str, torch.Tensor] = {}
         if self.num_classes is not None:
-            for prefix, sums in (
-                ("top_label", top_label_bin_sums(conf, pred, hit, self.num_classes, self.n_bins)),
-                ("classwise", classwise_bin_sums(p, y, self.n_bins)),
-            ):
-                class_sums.update(zip(_sum_keys(prefix), sums, strict=True))
+            class_sums = _state_batches.class_sums(p, y, conf, pred, hit, self.num_classes, self.n_bins)
         self._add(conf, hit, class_sums=class_sums, **extra)
 
     def _add(
@@ -240,7 +192,7 @@ class CalibrationState:
                 given = "given" if tracked else "not given"
                 raise ValueError(f"{name} was {given} for earlier batches; give it for every batch or for none.")
         index = uniform_bin_index(conf, self.n_bins)
-        sums = dict(zip(_sum_keys("bin"), bin_sums(index, conf, hit, self.n_bins), strict=True))
+        sums = dict(zip(sum_keys("bin"), bin_sums(index, conf, hit, self.n_bins), strict=True))
         sums.update(class_sums or {})
         for name, value in (("nll", nll), ("brier", brier)):
             if value is not None:
@@ -263,7 +215,7 @@ class CalibrationState:
                 raise ValueError(
                     f"cannot merge states with different {attr}: {getattr(self, attr)!r} vs {getattr(other, attr)!r}."
                 )
-        for name in ("uncertainty", *_OPTIONAL):
+        for name in ("uncertainty", *OPTIONAL):
             mine, theirs = self._tracks(name), other._tracks(name)
             if mine is not None and theirs is not None and mine != theirs:
                 raise ValueError(f"cannot merge a state with {name} into one without it (or the reverse).")
@@ -319,7 +271,7 @@ class CalibrationState:
         if n == 0:
             raise ValueError("CalibrationState is empty: add samples with update() before compute().")
         s = self._sums
-        bins = tuple(s[k] for k in _sum_keys("bin"))
+        bins = tuple(s[k] for k in sum_keys("bin"))
         out: dict[str, float] = {
             "n_samples": n,
             "accuracy": s["bin_correct_sum"].sum().item() / n,
@@ -328,12 +280,12 @@ class CalibrationState:
             "rms_ce": calibration_error_from_sums(*bins, "l2"),
             "mce": calibration_error_from_sums(*bins, "max"),
         }
-        for name in _OPTIONAL:
+        for name in OPTIONAL:
             if self._tracks(name):
                 out[name] = s[f"{name}_sum"].item() / n
         if self.num_classes is not None:
-            tl = tuple(s[k] for k in _sum_keys("top_label"))
-            cw = tuple(s[k] for k in _sum_keys("classwise"))
+            tl = tuple(s[k] for k in sum_keys("top_label"))
+            cw = tuple(s[k] for k in sum_keys("classwise"))
             out["top_label_ece"] = calibration_error_from_sums(*tl, "l1")
             out["classwise_ece"] = calibration_error_from_sums(*cw, "l1", n_total=n) / self.num_classes
             out["brier_normalized"] = out["brier"] / self.num_classes
@@ -353,12 +305,7 @@ class CalibrationState:
         return out
 
     # ------------------------------------------------------------------ packed form
-    # One float row of 3 * n_bins + 3 numbers holds a group of samples' sufficient statistics, so per-sample
-    # (or per-sequence) rows travel through Trainer's gathering like predictions and add up to a state:
-    #   [0, B)    sample count of equal-width confidence bin b = (b/B, (b+1)/B]
-    #   [B, 2B)   sum of the confidences in bin b
-    #   [2B, 3B)  sum of the correctness in bin b
-    #   3B        sum of nll        3B + 1   sum of brier        3B + 2   number of samples
+    # One float row of 3 * n_bins + 3 numbers per group of samples (layout: :meth:`pack_rows`, ``_state_io``).
     @staticmethod
     def packed_width(n_bins: int) -> int:
         """Length ``3 * n_bins + 3`` of one packed row (layout: :meth:`pack_rows`)."""
@@ -382,23 +329,7 @@ class CalibrationState:
         of nll and Brier and the sample count. Sums are float64 (float32 on MPS, which has no float64) on the
         inputs' device; no device-to-host copy. :meth:`from_packed` turns summed rows back into a state.
         """
-        n_bins = check_n_bins(n_bins)
-        device = confidence.device
-        dtype = torch.float32 if device.type == "mps" else torch.float64
-        width = 3 * n_bins + 3
-        out = torch.zeros(n_groups * width, dtype=dtype, device=device)
-        if group.numel() == 0:
-            return out.view(n_groups, width)
-        base = group.to(device) * width
-        bins = uniform_bin_index(confidence, n_bins).to(device)
-        ones = torch.ones(group.numel(), dtype=dtype, device=device)
-        out.index_add_(0, base + bins, ones)
-        out.index_add_(0, base + n_bins + bins, confidence.to(dtype))
-        out.index_add_(0, base + 2 * n_bins + bins, correct.to(dtype))
-        out.index_add_(0, base + 3 * n_bins, nll.to(dtype))
-        out.index_add_(0, base + 3 * n_bins + 1, brier.to(dtype))
-        out.index_add_(0, base + 3 * n_bins + 2, ones)
-        return out.view(n_groups, width)
+        return _state_io.pack_rows(confidence, correct, nll, brier, group, n_groups, n_bins)
 
     @classmethod
     def from_packed(cls, packed: torch.Tensor, *, n_bins: int = 15) -> CalibrationState:
@@ -409,32 +340,9 @@ class CalibrationState:
                 inconsistent counts).
         """
         n_bins = check_n_bins(n_bins)
-        width = 3 * n_bins + 3
-        if packed.ndim != 2 or packed.shape[1] != width or not packed.is_floating_point():
-            raise ValueError(
-                f"packed statistics must be float rows of shape [N, {width}] (n_bins={n_bins}); got "
-                f"{tuple(packed.shape)} {packed.dtype}."
-            )
-        total = packed.detach().to(torch.float64).sum(dim=0).cpu()
-        count = total[:n_bins]
-        if not bool(torch.isfinite(total).all()) or bool((count < 0).any()):
-            raise ValueError("packed statistics hold NaN, inf or negative counts; they are not packed statistics.")
-        if bool((count != count.round()).any()) or float(count.sum()) != float(total[3 * n_bins + 2]):
-            raise ValueError(
-                "packed statistics are inconsistent (bin counts are not integers or do not add up to the sample "
-                "count); they must come from CalibrationState.pack_rows with the same n_bins."
-            )
-        tracked = count.sum().round().to(torch.int64)
+        sums = _state_io.packed_sums(packed, n_bins)
         state = cls(n_bins, keep_samples=False)
-        state._sums.update(
-            bin_count=count.round().to(torch.int64),
-            bin_confidence_sum=total[n_bins : 2 * n_bins].clone(),
-            bin_correct_sum=total[2 * n_bins : 3 * n_bins].clone(),
-            nll_sum=total[3 * n_bins].clone(),
-            nll_count=tracked.clone(),
-            brier_sum=total[3 * n_bins + 1].clone(),
-            brier_count=tracked.clone(),
-        )
+        state._sums.update(sums)
         return state
 
     # ------------------------------------------------------------------ checkpointing
@@ -446,74 +354,25 @@ class CalibrationState:
         where ``classwise_confidence_sum`` sums ``p_k`` and ``classwise_correct_sum`` counts ``y = k``) and,
         with keep_samples, ``sample_confidence`` [N], ``sample_correct`` [N] bool and ``sample_uncertainty``
         [N] (only when given)."""
-        out = {
-            "n_bins": torch.tensor(self.n_bins),
-            "num_classes": torch.tensor(self.num_classes or 0),
-            "keep_samples": torch.tensor(self.keep_samples),
-        }
-        out.update({key: value.clone() for key, value in self._sums.items()})
-        if self.keep_samples:
-            conf, hit, unc = self.samples()
-            out.update(sample_confidence=conf.clone(), sample_correct=hit.clone())
-            if unc is not None:
-                out["sample_uncertainty"] = unc.clone()
-        return out
+        samples = self.samples() if self.keep_samples else None
+        return _state_io.to_state_dict(self.n_bins, self.num_classes, self.keep_samples, self._sums, samples)
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Replace this state's contents by ``state_dict`` (from :meth:`state_dict`); the configuration must match."""
-        config = {"n_bins": self.n_bins, "num_classes": self.num_classes or 0, "keep_samples": self.keep_samples}
-        for key, expected in config.items():
-            if key not in state_dict:
-                raise ValueError(f"state_dict lacks {key!r}; it must come from CalibrationState.state_dict().")
-            if state_dict[key].item() != expected:
-                raise ValueError(
-                    f"state_dict has {key}={state_dict[key].item()} but this state has {key}={expected}; "
-                    "build the state with the same settings (or use CalibrationState.from_state_dict)."
-                )
-        allowed = set(config) | set(self._sums) | (set(_SAMPLE_KEYS) if self.keep_samples else set())
-        required = (
-            set(config) | set(self._sums) | ({"sample_confidence", "sample_correct"} if self.keep_samples else set())
+        self._sums, self._samples = _state_io.from_state_dict_contents(
+            state_dict,
+            self._sums,
+            n_bins=self.n_bins,
+            num_classes=self.num_classes,
+            keep_samples=self.keep_samples,
+            sample_dtype=self.sample_dtype,
         )
-        if unknown := sorted(set(state_dict) - allowed):
-            raise ValueError(f"state_dict has unexpected keys {unknown}.")
-        if missing := sorted(required - set(state_dict)):
-            raise ValueError(f"state_dict lacks keys {missing}.")
-        sums = {}
-        for key, reference in self._sums.items():
-            value = state_dict[key]
-            if tuple(value.shape) != tuple(reference.shape):
-                raise ValueError(
-                    f"state_dict[{key!r}] has shape {tuple(value.shape)}, expected {tuple(reference.shape)}."
-                )
-            sums[key] = value.detach().cpu().to(reference.dtype).clone()
-        n = int(sums["bin_count"].sum().item())
-        for name in _OPTIONAL:
-            if int(sums[f"{name}_count"].item()) not in (0, n):
-                raise ValueError(f"state_dict[{name + '_count'!r}] must be 0 or the number of samples {n}.")
-        samples: dict[str, list[torch.Tensor]] = {key: [] for key in _SAMPLE_KEYS}
-        for key in _SAMPLE_KEYS:
-            if key in state_dict and self.keep_samples:
-                value = state_dict[key].detach().cpu()
-                if tuple(value.shape) != (n,):
-                    raise ValueError(
-                        f"state_dict[{key!r}] must have shape [{n}] (the bin counts' total); got {tuple(value.shape)}."
-                    )
-                dtype = torch.bool if key == "sample_correct" else self.sample_dtype
-                samples[key] = [value.to(dtype).clone()] if n else []
-        self._sums, self._samples = sums, samples
 
     @classmethod
     def from_state_dict(cls, state_dict: dict[str, torch.Tensor]) -> CalibrationState:
         """Build a state with the configuration stored in ``state_dict`` and load it."""
-        num_classes = int(state_dict["num_classes"].item()) or None
-        conf = state_dict.get("sample_confidence")
-        dtype = conf.dtype if conf is not None and conf.dtype in _SAMPLE_DTYPES else torch.float32
-        state = cls(
-            int(state_dict["n_bins"].item()),
-            num_classes=num_classes,
-            keep_samples=bool(state_dict["keep_samples"].item()),
-            sample_dtype=dtype,
-        )
+        n_bins, num_classes, keep_samples, dtype = _state_io.state_dict_config(state_dict)
+        state = cls(n_bins, num_classes=num_classes, keep_samples=keep_samples, sample_dtype=dtype)
         state.load_state_dict(state_dict)
         return state
 
@@ -529,30 +388,9 @@ class CalibrationState:
         )
         if not _distributed.is_initialized():
             return result.merge(self)
-        device = _distributed.collective_device(group)
-        codes = [self.n_bins, self.num_classes or 0, int(self.keep_samples), _SAMPLE_DTYPES.index(self.sample_dtype)]
-        codes += [-1 if self._tracks(name) is None else int(self._tracks(name)) for name in ("uncertainty", *_OPTIONAL)]
-        table = torch.stack(_distributed.all_gather_rows(torch.tensor(codes), group, device))
-        if bool((table[:, :4] != table[0, :4]).any()):
-            raise ValueError(
-                f"CalibrationState.sync: ranks disagree on (n_bins, num_classes, keep_samples, "
-                f"sample_dtype): {table[:, :4].tolist()}."
-            )
-        for column, name in enumerate(("uncertainty", *_OPTIONAL), start=4):
-            flags = set(table[:, column].tolist()) - {-1}
-            if len(flags) > 1:
-                raise ValueError(f"CalibrationState.sync: some ranks tracked {name} and others did not.")
-        result._sums = {key: _distributed.all_reduce_sum(value, group, device) for key, value in self._sums.items()}
-        if self.keep_samples:
-            for key, local in zip(_SAMPLE_KEYS, self.samples(), strict=True):
-                if key == "sample_uncertainty" and 1 not in table[:, 4].tolist():
-                    continue
-                local = torch.zeros(0, dtype=self.sample_dtype) if local is None else local
-                result._samples[key] = [
-                    part for part in _distributed.all_gather_rows(local, group, device) if part.numel()
-                ]
+        codes = [self.n_bins, self.num_classes or 0, int(self.keep_samples), SAMPLE_DTYPES.index(self.sample_dtype)]
+        codes += [-1 if self._tracks(name) is None else int(self._tracks(name)) for name in ("uncertainty", *OPTIONAL)]
+        samples = self.samples() if self.keep_samples else None
+        result._sums, gathered = _state_io.sync_contents(self._sums, samples, codes, self.sample_dtype, group)
+        result._samples.update(gathered)
         return result
-
-
-def _sum_keys(prefix: str) -> tuple[str, str, str]:
-    return f"{prefix}_count", f"{prefix}_confidence_sum", f"{prefix}_correct_sum"
