@@ -35,13 +35,37 @@ import argparse
 import fnmatch
 import json
 import os
-import platform
 import shlex
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+# Absolute imports: each measurement runs this file as a script in a fresh process (see _run_one).
+from hf_calib.recipes._bench_report import MIB as MIB
+from hf_calib.recipes._bench_report import _fmt as _fmt
+from hf_calib.recipes._bench_report import (
+    _load,
+    _save,
+    config_name,
+    markdown_tables,
+    parse_config,
+    print_run,
+    summarize,
+    write_csv,
+)
+from hf_calib.recipes._bench_report import ratios as ratios
+from hf_calib.recipes._bench_resources import CHUNK_BUFFERS as CHUNK_BUFFERS
+from hf_calib.recipes._bench_resources import (
+    DEFAULT_GFLOPS,
+    _cpu_model,
+    _wait_for_memory,
+    estimate_bytes,
+    estimate_seconds,
+    methods_that_fit,
+)
+from hf_calib.recipes._bench_resources import NV_BUFFERS as NV_BUFFERS
+from hf_calib.recipes._bench_resources import _meminfo as _meminfo
 
 VOCABS = (32000, 128256, 262144)
 HIDDENS = (576, 2048)
@@ -51,22 +75,6 @@ CPU_METHODS = ("labelsmoother", "cross_entropy", "fused", "floor")
 ALL_METHODS = (*CPU_METHODS, "fused_triton", "floor_full")
 LABEL_SMOOTHING = 0.1
 IGNORED_FRACTION = 0.1
-MIB = 1024 * 1024
-#: Large buffers each method holds at its peak beyond inputs and gradients, in float32 ``[N, V]``
-#: buffers (unfused: 4.0 measured, whatever H) or in fused chunks (one chunk, plus slack).
-NV_BUFFERS = {"labelsmoother": 4.2, "cross_entropy": 4.2, "floor_full": 1.2}
-CHUNK_BUFFERS = 1.2
-#: GEMM throughput assumed for runtime estimates (2 shared AVX-512 cores: 70 GFLOP/s fp32 under load).
-DEFAULT_GFLOPS = 70.0
-
-
-def config_name(vocab: int, hidden: int, tokens: int) -> str:
-    return f"V{vocab}_H{hidden}_N{tokens}"
-
-
-def parse_config(name: str) -> tuple[int, int, int]:
-    vocab, hidden, tokens = (int(part[1:]) for part in name.split("_"))
-    return vocab, hidden, tokens
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,7 +123,7 @@ def _method_fn(method: str, chunk_bytes: int | None):
     import torch
     import torch.nn.functional as F
 
-    from hf_calib.losses import fused_linear_label_smoothing_ce
+    from hf_calib.loss import fused_linear_label_smoothing_ce
     from hf_calib_kernels import chunk_rows_for
 
     def backprop(loss, hidden, weight):
@@ -240,51 +248,6 @@ def run_child(spec: dict) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
-def _meminfo(key: str) -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def estimate_bytes(method: str, vocab: int, width: int, tokens: int, chunk_bytes: int | None) -> int:
-    """Peak resident memory of one child: inputs and gradients (2 x 4 (NH + VH)), plus big buffers."""
-    if method in NV_BUFFERS:
-        big = NV_BUFFERS[method] * 4 * tokens * vocab
-    else:
-        from hf_calib_kernels import DEFAULT_CHUNK_BYTES
-
-        big = CHUNK_BUFFERS * min(chunk_bytes or DEFAULT_CHUNK_BYTES, 4 * tokens * vocab)
-    return int(2 * 4 * (tokens * width + vocab * width) + big)
-
-
-def _wait_for_memory(need: int, margin: int, max_wait_s: float = 900.0) -> bool:
-    """Wait (other processes share the machine) until ``need + margin`` bytes are available."""
-    deadline = time.monotonic() + max_wait_s
-    while _meminfo("MemAvailable") < need + margin:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(10)
-    return True
-
-
-def estimate_seconds(vocab: int, width: int, tokens: int, gflops: float) -> float:
-    """One forward + backward of one method: the three GEMMs, ``6 N V H`` flops."""
-    return 6.0 * tokens * vocab * width / (gflops * 1e9)
-
-
 def _run_one(spec: dict, timeout: float) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
     try:
@@ -298,124 +261,6 @@ def _run_one(spec: dict, timeout: float) -> dict:
     return {**spec, "error": f"exit code {proc.returncode}: {' | '.join(tail)}"}
 
 
-def _load(paths: list[str]) -> list[dict]:
-    records = []
-    for path in paths:
-        data = json.loads(Path(path).read_text())
-        records.extend(data["runs"] if isinstance(data, dict) else data)
-    return records
-
-
-def _save(path: str, records: list[dict], meta: dict) -> None:
-    tmp = Path(path + ".tmp")
-    tmp.write_text(json.dumps({"meta": meta, "runs": records}, indent=1) + "\n")
-    tmp.replace(path)
-
-
-def summarize(records: list[dict]) -> list[dict]:
-    """One row per (config, method): median time, max peak memory, and consistency of results."""
-    rows = {}
-    for rec in records:
-        if "error" in rec:
-            continue
-        key = (rec["V"], rec["H"], rec["N"], rec["method"])
-        rows.setdefault(key, []).append(rec)
-    out = []
-    for (vocab, width, tokens, method), recs in sorted(rows.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1])):
-        out.append(
-            {
-                "config": config_name(vocab, width, tokens),
-                "V": vocab,
-                "H": width,
-                "N": tokens,
-                "method": method,
-                "runs": len(recs),
-                "seconds": statistics.median(r["seconds"] for r in recs),
-                "cpu_seconds": statistics.median(r["cpu_seconds"] for r in recs),
-                "peak_extra_mib": max(r["peak_extra_bytes"] for r in recs) / MIB,
-                "grads_mib": recs[0]["grad_bytes"] / MIB,
-                "loss": recs[0]["loss"],
-                "grad_hidden_norm": recs[0]["grad_hidden_norm"],
-                "grad_weight_norm": recs[0]["grad_weight_norm"],
-            }
-        )
-    return out
-
-
-def ratios(summary: list[dict]) -> list[dict]:
-    """Per configuration: fused vs LabelSmoother (time, memory) and fused vs the matmul floor."""
-    by_config = {}
-    for row in summary:
-        by_config.setdefault(row["config"], {})[row["method"]] = row
-    out = []
-    for config, methods in by_config.items():
-        fused, ls, floor = methods.get("fused"), methods.get("labelsmoother"), methods.get("floor")
-        if fused is None:
-            continue
-        row = {"config": config}
-        if ls is not None:
-            row["time_vs_ls"] = fused["seconds"] / ls["seconds"]
-            row["cpu_vs_ls"] = fused["cpu_seconds"] / ls["cpu_seconds"]
-            row["mem_vs_ls"] = fused["peak_extra_mib"] / ls["peak_extra_mib"]
-            ls_excl = ls["peak_extra_mib"] - ls["grads_mib"]
-            row["mem_excl_grads_vs_ls"] = (fused["peak_extra_mib"] - fused["grads_mib"]) / ls_excl
-        if floor is not None:
-            row["time_vs_floor"] = fused["seconds"] / floor["seconds"]
-            row["cpu_vs_floor"] = fused["cpu_seconds"] / floor["cpu_seconds"]
-        ref = ls or methods.get("cross_entropy")
-        if ref is not None and ref["loss"] is not None:
-            row["loss_rel_diff"] = abs(fused["loss"] - ref["loss"]) / abs(ref["loss"])
-            row["grad_w_rel_diff"] = abs(fused["grad_weight_norm"] - ref["grad_weight_norm"]) / ref["grad_weight_norm"]
-        out.append(row)
-    return out
-
-
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def markdown_tables(summary: list[dict]) -> str:
-    """Two Markdown tables: per (config, method) measurements, and the fused loss's ratios per config."""
-    lines = [
-        "| V | H | N | method | runs | wall (s) | CPU (s) | peak extra (MiB) | grads (MiB) | excl. grads (MiB) |",
-        "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in summary:
-        lines.append(
-            f"| {r['V']} | {r['H']} | {r['N']} | {r['method']} | {r['runs']} | {r['seconds']:.2f} "
-            f"| {r['cpu_seconds']:.2f} | {r['peak_extra_mib']:.0f} | {r['grads_mib']:.0f} "
-            f"| {r['peak_extra_mib'] - r['grads_mib']:.0f} |"
-        )
-    lines += [
-        "",
-        "| V | H | N | fused / LS wall | fused / LS CPU | fused / floor wall | fused / floor CPU "
-        "| fused / LS peak extra | same, excl. grads | loss rel. diff | ‖grad W‖ rel. diff |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in ratios(summary):
-        vocab, width, tokens = parse_config(r["config"])
-        cells = [
-            _fmt(r.get("time_vs_ls"), ".2f"),
-            _fmt(r.get("cpu_vs_ls"), ".2f"),
-            _fmt(r.get("time_vs_floor"), ".2f"),
-            _fmt(r.get("cpu_vs_floor"), ".2f"),
-            _fmt(r.get("mem_vs_ls"), ".3f"),
-            _fmt(r.get("mem_excl_grads_vs_ls"), ".3f"),
-            _fmt(r.get("loss_rel_diff"), ".1e"),
-            _fmt(r.get("grad_w_rel_diff"), ".1e"),
-        ]
-        lines.append(f"| {vocab} | {width} | {tokens} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def write_csv(path: str, summary: list[dict]) -> None:
-    keys = ["config", "V", "H", "N", "method", "runs", "seconds", "cpu_seconds", "peak_extra_mib", "grads_mib", "loss"]
-    lines = [",".join(keys)]
-    for row in summary:
-        lines.append(",".join("" if row[k] is None else str(row[k]) for k in keys))
-    Path(path).write_text("\n".join(lines) + "\n")
-
-
 def _selected_configs(patterns: list[str] | None, quick: bool) -> list[str]:
     names = [config_name(v, h, n) for n in TOKENS for v in VOCABS for h in HIDDENS]
     if quick:
@@ -425,7 +270,7 @@ def _selected_configs(patterns: list[str] | None, quick: bool) -> list[str]:
     return names
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)} (10-15 min on 2 cores)")
     parser.add_argument("--configs", nargs="+", help="glob patterns over names like V128256_H576_N2048")
@@ -440,6 +285,67 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--csv", help="also write the summary as CSV")
     parser.add_argument("--table-from", nargs="+", help="only print the tables of these JSON result files")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    return parser
+
+
+def _start_log(out: str | None, cuda: bool) -> tuple[list[dict], dict, list[str]]:
+    """``(records, meta, skipped)``: the runs and skips already in ``out`` (appended to) and this command's metadata."""
+    import torch
+
+    previous = json.loads(Path(out).read_text()) if out and Path(out).exists() else {}
+    records = previous.get("runs", [])
+    old_meta = previous.get("meta", {})
+    meta = {
+        "commands": [*old_meta.get("commands", []), shlex.join(["python", *sys.argv])],
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if cuda else _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+    }
+    return records, meta, list(old_meta.get("skipped", []))
+
+
+def _config_names(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    """``--shapes`` if given, else the grid narrowed by ``--quick`` and ``--configs``."""
+    if not args.shapes:
+        return _selected_configs(args.configs, args.quick)
+    try:
+        return [config_name(*(int(x) for x in shape.split(","))) for shape in args.shapes]
+    except (TypeError, ValueError):
+        parser.error(f"--shapes takes V,H,N triples of integers, e.g. 1000,64,256; got {args.shapes}.")
+
+
+def _run_config(
+    name: str,
+    fits: list[str],
+    est_s: float,
+    args: argparse.Namespace,
+    device: str,
+    margin: int,
+    log: tuple[list[dict], dict, list[str]],
+) -> None:
+    """``args.repeats`` rounds of the ``fits`` methods on ``name``; each run is appended to ``log`` (and ``--out``)."""
+    records, meta, skipped = log
+    vocab, width, tokens = parse_config(name)
+    for repeat in range(args.repeats):
+        for method in fits:
+            spec = {"V": vocab, "H": width, "N": tokens, "method": method, "device": device}
+            spec["chunk_bytes"] = args.chunk_bytes
+            need = estimate_bytes(method, vocab, width, tokens, args.chunk_bytes)
+            if device == "cuda" or _wait_for_memory(need, margin):
+                rec = _run_one(spec, timeout=max(300.0, 20 * est_s))
+            else:
+                rec = {**spec, "error": f"{need / 1024**3:.1f} GiB never became free"}
+            rec["repeat"] = repeat
+            rec["load_avg_1min"] = os.getloadavg()[0]
+            records.append(rec)
+            print_run(method, rec)
+            if args.out:
+                _save(args.out, records, {**meta, "skipped": sorted(set(skipped))})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
     args = parser.parse_args(argv)
 
     if args.child:
@@ -459,66 +365,19 @@ def main(argv: list[str] | None = None) -> None:
     methods = list(args.methods or (CPU_METHODS + (("fused_triton",) if cuda else ())))
     if not cuda and "fused_triton" in methods:
         parser.error("fused_triton needs CUDA.")
-    previous = json.loads(Path(args.out).read_text()) if args.out and Path(args.out).exists() else {}
-    records = previous.get("runs", [])
-    old_meta = previous.get("meta", {})
-    meta = {
-        "commands": [*old_meta.get("commands", []), shlex.join(["python", *sys.argv])],
-        "torch": torch.__version__,
-        "device": torch.cuda.get_device_name() if cuda else _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-    }
-
-    skipped = list(old_meta.get("skipped", []))
+    records, meta, skipped = log = _start_log(args.out, cuda)
     margin = int(args.mem_margin_gib * 1024**3)
-    if args.shapes:
-        try:
-            names = [config_name(*(int(x) for x in shape.split(","))) for shape in args.shapes]
-        except (TypeError, ValueError):
-            parser.error(f"--shapes takes V,H,N triples of integers, e.g. 1000,64,256; got {args.shapes}.")
-    else:
-        names = _selected_configs(args.configs, args.quick)
-    for name in names:
+    for name in _config_names(args, parser):
         vocab, width, tokens = parse_config(name)
         est_s = estimate_seconds(vocab, width, tokens, args.gflops)
-        fits = []
-        for method in methods:
-            need = estimate_bytes(method, vocab, width, tokens, args.chunk_bytes)
-            if cuda or need + margin <= _meminfo("MemTotal"):
-                fits.append(method)
-            else:
-                total = _meminfo("MemTotal")
-                skipped.append(f"{name} {method}: needs ~{need / 1024**3:.1f} GiB of {total / 1024**3:.1f} GiB")
-                print("skip", skipped[-1], flush=True)
+        fits = methods_that_fit(name, methods, args.chunk_bytes, margin, cuda, skipped)
         est_total_min = est_s * len(fits) * args.repeats / 60
         if args.max_minutes is not None and est_total_min > args.max_minutes:
             skipped.append(f"{name}: estimated {est_total_min:.0f} min > --max-minutes")
             print("skip", skipped[-1], flush=True)
             continue
         print(f"{name}: ~{est_s:.0f} s per run, ~{est_total_min:.1f} min in all", flush=True)
-        for repeat in range(args.repeats):
-            for method in fits:
-                spec = {"V": vocab, "H": width, "N": tokens, "method": method, "device": device}
-                spec["chunk_bytes"] = args.chunk_bytes
-                need = estimate_bytes(method, vocab, width, tokens, args.chunk_bytes)
-                if cuda or _wait_for_memory(need, margin):
-                    rec = _run_one(spec, timeout=max(300.0, 20 * est_s))
-                else:
-                    rec = {**spec, "error": f"{need / 1024**3:.1f} GiB never became free"}
-                rec["repeat"] = repeat
-                rec["load_avg_1min"] = os.getloadavg()[0]
-                records.append(rec)
-                if "error" in rec:
-                    print(f"  {method:14s} ERROR {rec['error']}", flush=True)
-                else:
-                    print(
-                        f"  {method:14s} {rec['seconds']:8.2f} s  peak extra {rec['peak_extra_bytes'] / MIB:9.0f} MiB"
-                        f"  (grads {rec['grad_bytes'] / MIB:.0f} MiB)  loss {rec['loss']}",
-                        flush=True,
-                    )
-                if args.out:
-                    _save(args.out, records, {**meta, "skipped": sorted(set(skipped))})
+        _run_config(name, fits, est_s, args, device, margin, log)
     summary = summarize(records)
     print()
     print(markdown_tables(summary))
