@@ -1,12 +1,14 @@
-"""hf_calib: calibrated fine-tuning for Hugging Face models (37 names here; everything else in its subpackage).
+"""hf_calib: calibrated fine-tuning for Hugging Face models (39 names here; everything else in its subpackage).
 
 Trainers and callbacks:
 
 * ``CalibratedTrainer`` — Trainer with the fused label-smoothing loss and token calibration in every evaluation.
 * ``CalibratedSFTTrainer`` — TRL's SFTTrainer with the same (needs the trl extra).
+* ``CalibratedTrainingArguments`` — ``TrainingArguments`` with hf_calib's settings (YAML / CLI friendly).
+* ``CalibratedSFTConfig`` — TRL's ``SFTConfig`` with the same settings (needs the trl extra).
 * ``CalibratedLossMixin`` — the fused loss for any Trainer subclass.
 * ``FusedLossFallbackWarning`` — warned when a model cannot take the fused loss.
-* ``ReliabilityDiagramCallback`` — reliability diagrams at each evaluation (TensorBoard).
+* ``ReliabilityDiagramCallback`` — reliability diagrams at each evaluation (PNG; TensorBoard, MLflow, W&B).
 * ``MultipleChoiceCalibrationCallback`` — multiple-choice calibration at each evaluation.
 * ``GenerationEvalCallback`` — reference metrics and judge scores of generations at each evaluation.
 * ``CalibratedAdapterCallback`` — Trainer's Hub pushes carry the calibrated bundle.
@@ -76,6 +78,8 @@ from ._version import __version__ as __version__
 _EXPORTS: dict[str, str] = {
     "CalibratedTrainer": ".trainer",
     "CalibratedSFTTrainer": ".trainer",
+    "CalibratedTrainingArguments": ".trainer",
+    "CalibratedSFTConfig": ".trainer",
     "CalibratedLossMixin": ".trainer",
     "FusedLossFallbackWarning": ".trainer",
     "ReliabilityDiagramCallback": ".callbacks",
@@ -119,6 +123,8 @@ _SUBMODULES = frozenset("adue assets calibrators callbacks data eval hub loss me
 __all__ = [
     "CalibratedTrainer",
     "CalibratedSFTTrainer",
+    "CalibratedTrainingArguments",
+    "CalibratedSFTConfig",
     "CalibratedLossMixin",
     "FusedLossFallbackWarning",
     "ReliabilityDiagramCallback",
@@ -199,4 +205,11 @@ if TYPE_CHECKING:  # static analysers and IDEs see the names eagerly
         reliability_diagram,
     )
     from .scaling import TemperatureScaler, Thermometer, ThermometerConfig, train_thermometer
-    from .trainer import CalibratedLossMixin, CalibratedSFTTrainer, CalibratedTrainer, FusedLossFallbackWarning
+    from .trainer import (
+        CalibratedLossMixin,
+        CalibratedSFTConfig,
+        CalibratedSFTTrainer,
+        CalibratedTrainer,
+        CalibratedTrainingArguments,
+        FusedLossFallbackWarning,
+    )

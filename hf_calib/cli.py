@@ -110,17 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-dir", type=Path, default=DEMO_OUTPUT, help=f"default {DEMO_OUTPUT}")
     demo.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # random tiny models, for tests
 
-    sft = sub.add_parser("sft", help="LoRA fine-tuning on ShareGPT turns with fused label smoothing")
-    _common(sft)
-    sft.add_argument("--turns", type=_positive_int, default=256, help="training turns (default 256)")
-    sft.add_argument("--eval-turns", type=_positive_int, default=32, help="held-out turns (default 32)")
-    sft.add_argument("--max-length", type=_positive_int, default=128, help="tokens per turn (default 128)")
-    sft.add_argument("--label-smoothing", type=_smoothing, default=0.1, help="epsilon (default 0.1; 0 = plain CE)")
-    sft.add_argument("--batch-size", type=_positive_int, default=8)
-    sft.add_argument("--lr", type=_positive_float(1.0), default=2e-4, help="learning rate in (0, 1] (default 2e-4)")
-    sft.add_argument("--epochs", type=_positive_float(1000.0), default=1.0, help="in (0, 1000] (default 1)")
-    sft.add_argument("--lora-r", type=_positive_int, default=8)
-    sft.add_argument("--output-dir", type=Path, default=Path("outputs/sft"), help="the adapter goes to DIR/adapter")
+    sft = sub.add_parser(
+        "sft", help="LoRA fine-tuning on chats with fused label smoothing; every Trainer flag (see --help)"
+    )
+    sft.add_argument("sft_args", nargs=argparse.REMAINDER, help="arguments of hf-calib sft, e.g. --dataset my.jsonl")
 
     ev = sub.add_parser("eval", help="multiple-choice calibration on MMLU subjects, with a reliability diagram")
     _common(ev)
@@ -163,6 +156,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse_sft(parser: argparse.ArgumentParser, rest: list[str], *, debug: bool) -> argparse.Namespace:
+    """``hf-calib sft`` parses its own flags: Trainer's, hf_calib's and the data's (:mod:`.recipes.sft_cli`)."""
+    from .recipes.sft_cli import parse
+
+    debug = debug or "--debug" in rest
+    try:
+        args = parse([arg for arg in rest if arg != "--debug"])
+    except UsageError as exc:
+        if debug:
+            raise
+        parser.exit(2, f"hf-calib sft: error: {exc}\n")
+    args.command, args.debug = "sft", debug
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``hf-calib`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code.
 
@@ -180,7 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         bench_main(argv[leading + 1 :])
         return 0
-    args = parser.parse_args(argv)
+    if argv[leading : leading + 1] == ["sft"]:
+        args = _parse_sft(parser, argv[leading + 1 :], debug=leading > 0)
+    else:
+        args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2

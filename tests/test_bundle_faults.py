@@ -444,8 +444,10 @@ def test_push_uploads_exactly_the_bundle(hub, clf_bundle) -> None:  # noqa: F811
         push_folder(clf_bundle, "me/exact", token=TOKEN, endpoint=ENDPOINT)
     uploaded = hub.files("me/exact")
     assert set(uploaded) == expected
-    for name in expected:
+    for name in expected - {"README.md"}:
         assert uploaded[name] == (clf_bundle / name).read_bytes(), name
+    # The card is regenerated for the target repository (its usage example loads me/exact), as planned.
+    assert uploaded["README.md"] == plan.contents["README.md"] and b"me/exact" in uploaded["README.md"]
     assert hub.lfs_files("me/exact") >= {"adapter_model.safetensors", "adue_head.safetensors"}
 
 

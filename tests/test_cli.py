@@ -15,6 +15,8 @@ from hf_calib.recipes.report import Report
 
 
 def _parse(*argv: str):
+    if argv[:1] == ("sft",):  # hf-calib sft parses its own flags (HfArgumentParser over TrainingArguments)
+        return cli._parse_sft(cli.build_parser(), list(argv[1:]), debug=False)
     return cli.build_parser().parse_args(list(argv))
 
 
@@ -35,9 +37,9 @@ def test_demo_quick_and_full_are_exclusive(capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (("sft", "--label-smoothing", "1.0"), "label smoothing must be in [0, 1)"),
-        (("sft", "--label-smoothing", "abc"), "expected a number in [0, 1)"),
-        (("sft", "--turns", "0"), "expected a positive integer; got 0"),
+        (("sft", "--label-smoothing", "1.0"), "--label_smoothing_factor (--label-smoothing) must be in [0, 1)"),
+        (("sft", "--label-smoothing", "abc"), "argument --label_smoothing_factor"),
+        (("sft", "--turns", "0"), "--turns must be a positive integer; got 0"),
         (("eval", "--scoring", "logits"), "invalid choice: 'logits'"),
         (("push", "some/folder"), "the following arguments are required: --repo-id"),
         (("frobnicate",), "invalid choice: 'frobnicate'"),

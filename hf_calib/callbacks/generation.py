@@ -25,7 +25,8 @@ class GenerationEvalCallback(TrainerCallback):
     ``metrics`` in place and logged with ``trainer.log(...)``, so they reach ``trainer.state.log_history``
     and every ``report_to`` integration as a separate entry at the same step. Generation uses
     ``trainer.model`` with the trainer's tokenizer (or ``tokenizer``), at most ``max_new_tokens`` new tokens
-    per prompt, in batches of ``batch_size``, with a progress bar.
+    per prompt, in batches of ``batch_size``, with a progress bar (``show_progress``) on the main process
+    only, and none with ``args.disable_tqdm``; this covers a model judge's bar too.
 
     Distributed: every process generates on every prompt with its own replica (as the multiple-choice
     callback), so all processes log the same values and stay in step.
@@ -71,6 +72,7 @@ class GenerationEvalCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         prefix = metric_key_prefix(metrics or {})
+        progress = self.show_progress and state.is_world_process_zero and not args.disable_tqdm
         computed: dict[str, float] = {}
         for task in self.tasks:
             scores = evaluate_generation(
@@ -79,7 +81,7 @@ class GenerationEvalCallback(TrainerCallback):
                 task,
                 max_new_tokens=self.max_new_tokens,
                 batch_size=self.batch_size,
-                show_progress=self.show_progress,
+                show_progress=progress,
             )
             computed.update({f"{prefix}_{key}": value for key, value in scores.items()})
         self.last_metrics = computed

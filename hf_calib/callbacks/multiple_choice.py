@@ -69,17 +69,25 @@ def run_multiple_choice(
     model: nn.Module,
     processing_class: Any,
     metric_key_prefix: str = "eval",
+    *,
+    progress: bool = True,
 ) -> dict[str, float]:
     """Run each evaluator on ``model`` and return its metrics as ``{metric_key_prefix}_{key}``.
 
     Each evaluator uses its own ``tokenizer`` if it has one, else the trainer's ``processing_class`` (or
     that processor's ``tokenizer``). ``model`` is evaluated as given; DDP/DataParallel wrappers are removed
-    by :meth:`MultipleChoiceCalibration.evaluate`.
+    by :meth:`MultipleChoiceCalibration.evaluate`. ``progress=False`` hides every evaluator's progress bar
+    (Trainer's ``disable_tqdm``, processes other than the main one); ``True`` keeps each evaluator's
+    ``show_progress``.
     """
     tokenizer = tokenizer_of(processing_class)
     out: dict[str, float] = {}
     for evaluator in evaluators:
-        metrics = evaluator.evaluate(model, evaluator.tokenizer if evaluator.tokenizer is not None else tokenizer)
+        metrics = evaluator.evaluate(
+            model,
+            evaluator.tokenizer if evaluator.tokenizer is not None else tokenizer,
+            show_progress=None if progress else False,
+        )
         out.update({f"{metric_key_prefix}_{key}": value for key, value in metrics.items()})
     return out
 
@@ -103,7 +111,8 @@ class MultipleChoiceCalibrationCallback(TrainerCallback):
     eval datasets they are computed once per dataset (``eval_<name>_mc/...``).
 
     Distributed: computed on every process (see the module docs), so every process returns and logs the
-    same values; integrations write from the main process only, as usual.
+    same values; integrations write from the main process only, as usual. Progress bars (each evaluator's
+    ``show_progress``) are drawn on the main process only, and never with ``args.disable_tqdm``.
     """
 
     def __init__(
@@ -132,7 +141,10 @@ class MultipleChoiceCalibrationCallback(TrainerCallback):
     ) -> None:
         trainer = self.trainer
         prefix = metric_key_prefix(metrics or {})
-        computed = run_multiple_choice(self.evaluators, trainer.model, trainer.processing_class, prefix)
+        progress = state.is_world_process_zero and not args.disable_tqdm
+        computed = run_multiple_choice(
+            self.evaluators, trainer.model, trainer.processing_class, prefix, progress=progress
+        )
         self.last_metrics = computed
         if metrics is not None:
             metrics.update(computed)

@@ -125,6 +125,16 @@ class CalibratedAdapterCallback(TrainerCallback):
             return None
         card = CardInfo.from_dict(self.card.to_dict())
         card.training = {**_training_settings(args), **card.training}
+        # Card fields of CalibratedTrainingArguments fill what this callback's CardInfo leaves empty.
+        from_args = {
+            "datasets": getattr(args, "card_datasets", None),
+            "base_model": getattr(args, "card_base_model", None),
+            "license": getattr(args, "card_license", None),
+            "language": getattr(args, "card_language", None),
+        }
+        for key, value in from_args.items():
+            if value and not getattr(card, key):
+                setattr(card, key, list(value) if key == "datasets" else value)
         for key, value in card_overrides.items():
             if value is not None:
                 setattr(card, key, value)
@@ -181,7 +191,8 @@ class CalibratedAdapterCallback(TrainerCallback):
     # ------------------------------------------------------------------ the final push
     def write_model_card(self, trainer: Trainer, **card_kwargs: Any) -> bool:
         """Write the calibration card to ``{output_dir}/README.md`` (Trainer's ``create_model_card`` arguments
-        ``model_name``, ``language``, ``license``, ``tags``, ``finetuned_from``, ``dataset`` are honoured).
+        ``model_name``, ``language``, ``license``, ``tags``, ``finetuned_from``, ``dataset`` and TRL's
+        ``dataset_name`` are honoured).
 
         Returns False (and writes nothing) when the model is not a PEFT model.
         """
@@ -191,8 +202,9 @@ class CalibratedAdapterCallback(TrainerCallback):
             "license": card_kwargs.get("license"),
             "base_model": card_kwargs.get("finetuned_from"),
         }
-        if card_kwargs.get("dataset"):
-            overrides["datasets"] = card_kwargs["dataset"]
+        dataset = card_kwargs.get("dataset") or card_kwargs.get("dataset_name")  # Trainer's / TRL's name
+        if dataset:
+            overrides["datasets"] = dataset
         if card_kwargs.get("tags"):
             tags = card_kwargs["tags"]
             overrides["tags"] = [*self.card.tags, *([tags] if isinstance(tags, str) else tags)]

@@ -16,6 +16,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from ..loss import TokenCalibrationMetrics
 from ..metrics import reliability_diagram_from_state, save_reliability_diagram
+from ._images import IMAGE_INTEGRATIONS, ImageLogger, report_targets
 from ._keys import metric_key_prefix
 
 if TYPE_CHECKING:
@@ -33,15 +34,20 @@ class ReliabilityDiagramCallback(TrainerCallback):
     After every ``evaluate()`` whose metrics came from ``source`` (a :class:`TokenCalibrationMetrics`,
     i.e. the pair returned by ``token_calibration_metrics``, or ``CalibratedTrainer.token_calibration``),
     it writes ``{args.output_dir}/{folder}/{metric_key_prefix}_{prefix}step{global_step}.png`` atomically
-    and, when ``"tensorboard"`` is a ``report_to`` target, logs the same image under the tag
-    ``eval/{prefix}reliability_diagram`` (Trainer's scalar naming: ``eval_x`` becomes ``eval/x``).
+    and logs the same image, at ``global_step``, to each ``report_to`` integration that takes images
+    (:mod:`hf_calib.callbacks._images`), under the name Trainer gives the key
+    ``{metric_key_prefix}_{prefix}reliability_diagram``:
 
-    The image goes to the ``SummaryWriter`` of the trainer's ``TensorBoardCallback`` when ``trainer`` is
-    given (``trainer.add_callback(ReliabilityDiagramCallback(metrics, trainer=trainer))``); without it, to
-    a writer of its own on ``$TENSORBOARD_LOGGING_DIR`` or else ``{output_dir}/runs/calibration``.
-    ``written`` lists the PNG paths written so far. Evaluations with no supervised token draw nothing.
-    Without matplotlib (an optional dependency: ``pip install 'hf-calib[plots]'``) it logs one warning
-    and draws nothing; the metrics are unaffected.
+    * TensorBoard and W&B: ``eval/{prefix}reliability_diagram`` (``eval_x`` becomes ``eval/x``);
+    * MLflow: ``eval_{prefix}reliability_diagram``, a time-stepped image of the active run.
+
+    The TensorBoard image goes to the ``SummaryWriter`` of the trainer's ``TensorBoardCallback`` when
+    ``trainer`` is given (``trainer.add_callback(ReliabilityDiagramCallback(metrics, trainer=trainer))``);
+    without it, to a writer of its own on ``$TENSORBOARD_LOGGING_DIR`` or else ``{output_dir}/runs/calibration``.
+    ``tensorboard=False`` keeps the image out of TensorBoard. An integration whose package is missing or
+    that has no active run is skipped with one warning. ``written`` lists the PNG paths written so far.
+    Evaluations with no supervised token draw nothing. Without matplotlib (an optional dependency:
+    ``pip install 'hf-calib[plots]'``) it logs one warning and draws nothing; the metrics are unaffected.
     """
 
     def __init__(
@@ -65,7 +71,8 @@ class ReliabilityDiagramCallback(TrainerCallback):
         self.tensorboard = bool(tensorboard)
         self.written: list[Path] = []
         self._seen = source.evaluations
-        self._own_writer: Any = None
+        integrations = [name for name in IMAGE_INTEGRATIONS if self.tensorboard or name != "tensorboard"]
+        self._images = ImageLogger(trainer, integrations=integrations, what="the reliability diagram")
         self._no_matplotlib = False
 
     def on_evaluate(
@@ -97,45 +104,14 @@ class ReliabilityDiagramCallback(TrainerCallback):
         folder.mkdir(parents=True, exist_ok=True)
         path = save_reliability_diagram(figure, path=folder / f"{metric_prefix}_{self.source.prefix}step{step}.png")
         self.written.append(path)
-        if self.tensorboard and "tensorboard" in (args.report_to or []):
-            writer = self._writer(args)
-            if writer is not None:
-                tag = _tensorboard_tag(f"{metric_prefix}_{self.source.prefix}reliability_diagram")
-                writer.add_image(tag, _rgb(figure), step, dataformats="HWC")
-                writer.flush()
+        key = f"{metric_prefix}_{self.source.prefix}reliability_diagram"
+        if any(name in report_targets(args) for name in self._images.integrations):
+            self._images.log(args, state, key, _rgb(figure))
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        if self._own_writer is not None:
-            self._own_writer.close()
-            self._own_writer = None
-
-    def _writer(self, args: TrainingArguments) -> Any:
-        """The trainer's TensorBoard writer, else one of our own (see the class docs)."""
-        if self.trainer is not None:
-            from transformers.integrations import TensorBoardCallback
-
-            for callback in self.trainer.callback_handler.callbacks:
-                if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
-                    return callback.tb_writer
-        if self._own_writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                logger.warning("hf_calib: tensorboard is not installed; the reliability diagram is not logged to it.")
-                self.tensorboard = False
-                return None
-            logdir = os.getenv("TENSORBOARD_LOGGING_DIR") or os.path.join(args.output_dir, "runs", "calibration")
-            self._own_writer = SummaryWriter(log_dir=logdir)
-        return self._own_writer
-
-
-def _tensorboard_tag(key: str) -> str:
-    """The tag Trainer's TensorBoardCallback gives a logged key (``eval_x`` -> ``eval/x``)."""
-    from transformers.integrations.integration_utils import rewrite_logs
-
-    return next(iter(rewrite_logs({key: 0.0})))
+        self._images.close()
 
 
 def _rgb(figure: Figure) -> np.ndarray:

@@ -10,6 +10,7 @@ and forgetting form two curves in ``trainer.state.log_history`` and TensorBoard.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -119,7 +120,8 @@ def evaluate_generation(
 ) -> dict[str, float]:
     """``{"gen/{task.name}/{metric}": value}``: generate on the task's prompts, then score (see the class).
 
-    ``max_new_tokens`` applies unless the task sets its own.
+    ``max_new_tokens`` applies unless the task sets its own. ``show_progress=False`` also hides the bar of
+    the task's model judge (whatever its own ``show_progress``).
     """
     prompts, references = task.selected()
     replies = generate_texts(
@@ -135,6 +137,10 @@ def evaluate_generation(
     task.last_generations = replies
     out = {f"gen/{task.name}/{k}": v for k, v in reference_scores(replies, references, task.metrics).items()}
     if task.judge is not None:
-        result = task.judge.score(prompts, replies, references)
+        judge = task.judge
+        if not show_progress and getattr(judge, "show_progress", False):
+            judge = copy.copy(judge)  # the caller's judge keeps its setting; this call draws no bar
+            judge.show_progress = False
+        result = judge.score(prompts, replies, references)
         out.update({f"gen/{task.name}/{k}": v for k, v in result.metrics().items()})
     return out

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .._download import download_snapshot, hub_repo_id, local_folder
 from .._folders import recoverable
 from .._safe_files import write_atomic
 
@@ -226,27 +227,19 @@ def resolve_folder(
     cache_dir: str | os.PathLike[str] | None = None,
     endpoint: str | None = None,
 ) -> Path:
-    """A local bundle folder as is, else a Hub snapshot restricted to :data:`SAFE_PATTERNS`."""
-    local = Path(path_or_repo_id).expanduser()
-    if local.is_dir():
+    """A local bundle folder as is, else a Hub snapshot restricted to :data:`SAFE_PATTERNS`.
+
+    A ``pathlib.Path`` or a string that looks like a path is never sent to the Hub (:mod:`hf_calib._download`).
+    """
+    local = local_folder(path_or_repo_id)
+    if local is not None:
         return local
-    aside = recoverable(local, MANIFEST_FILE)
+    aside = recoverable(Path(path_or_repo_id).expanduser(), MANIFEST_FILE)
     if aside is not None:
         # A save was killed between moving the old bundle aside and moving the new one in (only where the
         # system has no atomic exchange); the old bundle is intact there, and the next save moves it back.
         return aside
-    text = str(path_or_repo_id)
-    if local.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1:
-        raise FileNotFoundError(f"{text!r} is not a bundle folder (and not a Hub repository id 'owner/name').")
-    from huggingface_hub import snapshot_download
-
-    return Path(
-        snapshot_download(
-            repo_id=text,
-            revision=revision,
-            token=token,
-            cache_dir=cache_dir,
-            endpoint=endpoint,
-            allow_patterns=SAFE_PATTERNS,
-        )
+    repo_id = hub_repo_id(path_or_repo_id, argument="path_or_repo_id", what="a bundle folder")
+    return download_snapshot(
+        repo_id, allow_patterns=SAFE_PATTERNS, revision=revision, token=token, cache_dir=cache_dir, endpoint=endpoint
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -25,6 +25,12 @@ _PIPELINES = {"causal_lm": "text-generation", "sequence_classification": "text-c
 _PEFT_NAMES = {"LORA": "LoRA", "ADALORA": "AdaLoRA", "IA3": "(IA)³", "LOHA": "LoHa", "LOKR": "LoKr", "DORA": "DoRA"}
 # A Hub repository id (``name`` or ``owner/name``), which the card may link to; local paths are not linked.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+#: What the usage example loads when the card is written without a repository id (a local save).
+LOCAL_PLACEHOLDER = "path/to/this/folder"
+_LOAD_LINE = 'model = CalibratedAdapter.from_pretrained("{}", base_model=base)'
+_LOAD_RE = re.compile(
+    r'^model = CalibratedAdapter\.from_pretrained\("([^"\r\n]*)", base_model=base\)(?=\r?$)', re.MULTILINE
+)
 
 
 @dataclass
@@ -36,6 +42,9 @@ class CardInfo:
         datasets: Hub ids (or names) of the training datasets.
         training: training settings shown in a table (learning rate, epochs, LoRA rank, ...).
         model_name: the title of the card and the model-index name (default: the repository or folder name).
+        eval_dataset: Hub id (or name) of the dataset the calibration report was measured on, for the
+            model-index ``dataset`` fields, when the report names none (default: the training dataset when
+            ``datasets`` has exactly one entry).
         license, language: card metadata (Hub identifiers, e.g. ``"apache-2.0"``, ``"en"``).
         tags: extra tags; ``hf-calib``, ``calibration`` and the PEFT tags are always added.
         description: a paragraph shown under the title.
@@ -49,12 +58,15 @@ class CardInfo:
     language: str | list[str] | None = None
     tags: list[str] = field(default_factory=list)
     description: str | None = None
+    eval_dataset: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.datasets, str):
             self.datasets = [self.datasets]
         if isinstance(self.tags, str):
             self.tags = [self.tags]
+        if self.eval_dataset is not None and not isinstance(self.eval_dataset, str):
+            raise TypeError(f"eval_dataset must be a dataset id (str) or None; got {type(self.eval_dataset).__name__}.")
         if not isinstance(self.training, dict):
             raise TypeError(f"training must be a dict of setting name to value; got {type(self.training).__name__}.")
 
@@ -68,12 +80,23 @@ class CardInfo:
             "language": self.language,
             "tags": list(self.tags),
             "description": self.description,
+            "eval_dataset": self.eval_dataset,
         }
 
     @classmethod
     def from_dict(cls, content: dict[str, Any]) -> CardInfo:
-        known = {"base_model", "datasets", "training", "model_name", "license", "language", "tags", "description"}
+        # Manifests written before a field existed lack it (its default applies); unknown keys are ignored.
+        known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in (content or {}).items() if key in known})
+
+    def evaluation_dataset(self, report: CalibrationReport | None) -> str | None:
+        """Where the report was measured: the report's dataset, else :attr:`eval_dataset`, else the single
+        training dataset; None when unknown."""
+        if report is not None and report.dataset:
+            return report.dataset
+        if self.eval_dataset:
+            return self.eval_dataset
+        return self.datasets[0] if len(self.datasets) == 1 else None
 
 
 def _fmt(value: Any) -> str:
@@ -84,7 +107,9 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _eval_results(report: CalibrationReport, task: str) -> list[EvalResult]:
+def _eval_results(report: CalibrationReport, task: str, dataset: str | None) -> list[EvalResult]:
+    """The report's headline metrics as model-index results; ``dataset`` is :meth:`CardInfo.evaluation_dataset`
+    (the Hub requires a dataset name and type: an unknown one is named ``custom``)."""
     split = report.split
     suffix = f"{report.level}-level, after calibration" if report.temperature is not None else f"{report.level}-level"
     names = {
@@ -100,8 +125,8 @@ def _eval_results(report: CalibrationReport, task: str) -> list[EvalResult]:
     return [
         EvalResult(
             task_type=_PIPELINES.get(task, "text-generation"),
-            dataset_type=report.dataset or "custom",
-            dataset_name=report.dataset or "held-out calibration set",
+            dataset_type=dataset or "custom",
+            dataset_name=dataset or "held-out calibration set",
             dataset_split=split,
             metric_type=key,
             metric_value=round(value, 6),
@@ -142,7 +167,9 @@ def _card_data(info: CardInfo, task: str, model_name: str, adapter: dict[str, An
         pipeline_tag=_PIPELINES.get(task),
         tags=list(dict.fromkeys(tags)),
         model_name=model_name,
-        eval_results=_eval_results(report, task) if report and report.headline() else None,
+        eval_results=(
+            _eval_results(report, task, info.evaluation_dataset(report)) if report and report.headline() else None
+        ),
         metrics=[key for key in headline_metrics() if report and key in report.metrics] or None,
     )
 
@@ -178,7 +205,7 @@ def _usage_section(task: str, base_id: str, load_id: str, added: dict[str, str])
         "",
         f'tokenizer = AutoTokenizer.from_pretrained("{base_id}")',
         f'base = {auto}.from_pretrained("{base_id}")',
-        f'model = CalibratedAdapter.from_pretrained("{load_id}", base_model=base)',
+        _LOAD_LINE.format(load_id),
         'inputs = tokenizer(["An example input."], return_tensors="pt")',
         "outputs = model(**inputs)",
         "outputs.calibrated_probs  # softmax(logits / T)"
@@ -194,7 +221,11 @@ def _usage_section(task: str, base_id: str, load_id: str, added: dict[str, str])
 
 
 def _calibration_section(
-    calibrators: Sequence[Calibrator], label_smoothing: float | None, report: CalibrationReport | None, diagram: bool
+    calibrators: Sequence[Calibrator],
+    label_smoothing: float | None,
+    report: CalibrationReport | None,
+    dataset: str | None,
+    diagram: bool,
 ) -> list[str]:
     scaled = any(c.sets_temperature for c in calibrators)
     lines = ["## Calibration", ""]
@@ -208,7 +239,7 @@ def _calibration_section(
         lines.append("- No post-hoc scaling: probabilities are the model's own softmax.")
     lines.append("")
     if report is not None:
-        where = report.dataset or "a held-out set"
+        where = dataset or "a held-out set"
         if report.split:
             where += f" ({report.split} split)"
         n = report.metrics.get("n_samples")
@@ -274,7 +305,7 @@ def build_model_card(
     adds (:class:`hf_calib.calibrators.Calibrator`).
     """
     added = {name: text for c in calibrators for name, text in c.added_outputs.items()}
-    model_name = info.model_name or (repo_id.split("/")[-1] if repo_id else "calibrated-adapter")
+    model_name = info.model_name or _default_name(repo_id)
     data = _card_data(info, task, model_name, adapter, report)
     base_id = info.base_model or "<base model id>"
     base_ref = f"[`{base_id}`](https://huggingface.co/{base_id})" if _HUB_ID.fullmatch(base_id) else f"`{base_id}`"
@@ -290,8 +321,8 @@ def build_model_card(
         + ".",
         "",
         *_files_section(calibrators, diagram),
-        *_usage_section(task, base_id, repo_id or "path/to/this/folder", added),
-        *_calibration_section(calibrators, label_smoothing, report, diagram),
+        *_usage_section(task, base_id, repo_id or LOCAL_PLACEHOLDER, added),
+        *_calibration_section(calibrators, label_smoothing, report, info.evaluation_dataset(report), diagram),
         *_training_section(info, method, adapter, label_smoothing),
         "## Limitations",
         "",
@@ -300,3 +331,34 @@ def build_model_card(
         "",
     ]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def _default_name(repo_id: str | None) -> str:
+    """The card's title and model-index name when :attr:`CardInfo.model_name` is not set."""
+    return repo_id.split("/")[-1] if repo_id else "calibrated-adapter"
+
+
+def card_for_repo(text: str, repo_id: str, *, model_name: str | None = None) -> str | None:
+    """The card ``text`` written by :func:`build_model_card` for another repository (or a local folder), for
+    ``repo_id``: exactly what :func:`build_model_card` writes with ``repo_id`` for the same bundle.
+
+    Only what depends on the repository changes: the usage example loads ``repo_id`` and, unless
+    ``model_name`` (the bundle's :attr:`CardInfo.model_name`) was set, the title and the model-index name become
+    the repository's name; the rest of the card, hand edits included, is kept. Returns None when ``text`` holds
+    no (or more than one) hf_calib usage example; raises ``ValueError`` when its metadata does not parse.
+    """
+    card = ModelCard(text)
+    found = _LOAD_RE.findall(card.text)
+    if len(found) != 1:
+        return None
+    old_name = model_name or _default_name(None if found[0] == LOCAL_PLACEHOLDER else found[0])
+    new_name = model_name or _default_name(repo_id)
+    body = _LOAD_RE.sub(lambda _: _LOAD_LINE.format(repo_id), card.text)
+    for newline in ("\n", "\r\n"):
+        title = f"{newline}# {old_name}{newline}"
+        if body.startswith(title):
+            body = f"{newline}# {new_name}{newline}" + body[len(title) :]
+    if card.data.model_name == old_name:
+        card.data.model_name = new_name
+    card.text = body
+    return card.content

@@ -273,7 +273,27 @@ def _demo(args: argparse.Namespace) -> None:
     check_device(args.device)
 
 
+def check_chat_data(path: str | None, flag: str = "--dataset") -> None:
+    """``path`` is None (the offline data), a data file of a known type, or a saved ``datasets`` folder."""
+    if path is None:
+        return
+    target = Path(path).expanduser()
+    suffixes = (".jsonl", ".json", ".csv", ".parquet")
+    if target.is_dir():
+        if not any((target / name).is_file() for name in ("dataset_info.json", "dataset_dict.json", "state.json")):
+            raise UsageError(f"{flag} {path!r} is a folder but not one saved by datasets' save_to_disk.")
+    elif target.is_file():
+        if target.suffix.lower() not in suffixes:
+            raise UsageError(
+                f"{flag} {path!r}: unknown file type {target.suffix!r}; use {', '.join(suffixes)} or a saved "
+                "datasets folder."
+            )
+    else:
+        raise UsageError(f"{flag} {path!r} does not exist; pass a local data file or a saved datasets folder.")
+
+
 def _sft(args: argparse.Namespace) -> None:
+    check_chat_data(args.dataset)
     if args.batch_size > args.turns:
         raise UsageError(
             f"--batch-size {args.batch_size} is larger than --turns {args.turns}; lower --batch-size or raise --turns."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -79,6 +80,63 @@ def sharegpt_splits(tokenizer: Any, turns: int, held_out: int, max_length: int, 
     return split["train"], split["test"]
 
 
+DATA_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def load_chat_dataset(path: str | Path, flag: str = "--dataset") -> Any:
+    """A local chat dataset as rows of ``messages``: a ``.jsonl`` / ``.json`` / ``.csv`` / ``.parquet`` file or a
+    folder saved with ``datasets.Dataset.save_to_disk``, in chat form (a ``messages`` column of
+    ``[{"role", "content"}, ...]`` ending with the assistant's turn) or prompt/completion form (``prompt`` and
+    ``completion`` columns of text, or of messages as TRL's conversational prompt/completion)."""
+    import datasets
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        try:
+            data = datasets.load_from_disk(str(path))
+        except (FileNotFoundError, ValueError) as exc:
+            raise ValueError(f"{flag} {str(path)!r} is a folder but not a saved datasets folder ({exc}).") from None
+        if isinstance(data, datasets.DatasetDict):
+            if "train" not in data:
+                raise ValueError(f"{flag} {str(path)!r} holds splits {list(data)} and no 'train' split.")
+            data = data["train"]
+    elif path.is_file():
+        kind = DATA_SUFFIXES.get(path.suffix.lower())
+        if kind is None:
+            raise ValueError(
+                f"{flag} {str(path)!r}: unknown file type {path.suffix!r}; use one of {sorted(DATA_SUFFIXES)} "
+                "or a saved datasets folder."
+            )
+        data = datasets.load_dataset(kind, data_files=str(path), split="train")
+    else:
+        raise ValueError(f"{flag} {str(path)!r} does not exist; pass a local data file or a saved datasets folder.")
+    columns = set(data.column_names)
+    if "messages" in columns:
+        return data.select_columns(["messages"])
+    if {"prompt", "completion"} <= columns:
+        return data.map(_prompt_completion_to_messages, remove_columns=data.column_names, desc="to messages")
+    raise ValueError(
+        f"{flag} {str(path)!r} has columns {sorted(columns)}; expected 'messages' (chat) or 'prompt' and "
+        "'completion'."
+    )
+
+
+def _prompt_completion_to_messages(row: dict[str, Any]) -> dict[str, Any]:
+    prompt, completion = row["prompt"], row["completion"]
+    prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    completion = [{"role": "assistant", "content": completion}] if isinstance(completion, str) else list(completion)
+    return {"messages": prompt + completion}
+
+
+def chat_splits(data: Any, tokenizer: Any, max_length: int, rows: int, held_out: int, seed: int) -> tuple[Any, Any]:
+    """``(train, held_out)`` tokenized rows from the first ``rows + held_out`` chats of ``data``."""
+    data = tokenize_turns(data.select(range(min(len(data), rows + held_out))), tokenizer, max_length)
+    if len(data) <= held_out:
+        raise ValueError(f"only {len(data)} usable chats; lower the held-out count or add data.")
+    split = data.train_test_split(test_size=held_out, seed=seed)
+    return split["train"], split["test"]
+
+
 def finetune_chat_lora(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -87,6 +145,7 @@ def finetune_chat_lora(
     settings: SFTSettings,
     *,
     output_dir: str | Path,
+    training_args: TrainingArguments | None = None,
 ) -> SFTOutcome:
     """Wrap ``model`` with LoRA and fine-tune it on tokenized ``train`` rows; evaluate ``held_out`` before and after.
 
@@ -94,6 +153,10 @@ def finetune_chat_lora(
     :class:`~hf_calib.CalibratedTrainer` (fused: no ``[tokens, vocab]`` logits), and each evaluation
     reports token-level calibration (``eval_token_ece`` ...). Nothing is saved to ``output_dir`` but
     Trainer's scratch files.
+
+    ``training_args`` (e.g. :class:`~hf_calib.CalibratedTrainingArguments` from ``hf-calib sft``) replaces the
+    arguments built from ``settings`` (its ``output_dir`` is replaced by ``output_dir``); the LoRA settings
+    still come from ``settings``.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -123,6 +186,8 @@ def finetune_chat_lora(
         seed=settings.seed,
         disable_tqdm=not settings.show_progress,
     )
+    if training_args is not None:
+        args = dataclasses.replace(training_args, output_dir=str(output_dir))
     trainer = CalibratedTrainer(
         model=model,
         args=args,

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .._download import resolve_files
 from .._fingerprint import check_fingerprint, model_fingerprint
 from .._safe_files import read_json, write_json
 from ..calibrators import CALIBRATION_DIR, Calibrator, register_calibrator
@@ -273,14 +274,37 @@ class TemperatureScaler(Calibrator):
         return path
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike[str], model: Any = None) -> TemperatureScaler:
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike[str],
+        model: Any = None,
+        *,
+        subfolder: str | None = None,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> TemperatureScaler:
         """Load ``directory/temperature.json``; with ``model``, refuse a file fitted on another model.
+
+        ``directory`` is a local folder or a Hub repository id; from the Hub only ``[subfolder/]temperature.json``
+        is downloaded (``huggingface_hub.snapshot_download`` with ``revision``, ``token``, ``cache_dir``). A
+        bundle's temperature: ``from_pretrained("me/bundle", subfolder="calibration")``. A local folder (a
+        ``pathlib.Path`` always) is never looked up on the Hub.
 
         Every field is checked before use (``ValueError`` naming the file and the field): ``temperature`` a finite
         number > 0 (not a bool or a string), ``at_bound`` ``"min"``, ``"max"`` or null (absent in older files:
         ``None``), ``model_fingerprint`` an object or null.
         """
-        path = Path(directory) / TEMPERATURE_FILE
+        folder = resolve_files(
+            directory,
+            [TEMPERATURE_FILE],
+            argument="directory",
+            subfolder=subfolder,
+            revision=revision,
+            token=token,
+            cache_dir=cache_dir,
+        )
+        path = folder / TEMPERATURE_FILE
         content = read_json(path, "TemperatureScaler.from_pretrained")
         if content.get("format") != _FORMAT or "temperature" not in content:
             raise ValueError(f"{path} is not a TemperatureScaler file (no format {_FORMAT!r} with a temperature).")

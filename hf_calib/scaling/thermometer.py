@@ -32,6 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .._download import resolve_files
 from .._fingerprint import check_fingerprint, model_fingerprint
 from .._model_utils import last_attended
 from .._safe_files import (
@@ -271,15 +272,37 @@ class Thermometer(nn.Module, Calibrator):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike[str], model: Any = None) -> Thermometer:
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike[str],
+        model: Any = None,
+        *,
+        subfolder: str | None = None,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> Thermometer:
         """Rebuild a saved Thermometer; with ``model``, refuse one trained on another model's features.
+
+        ``directory`` is a local folder or a Hub repository id; from the Hub only ``[subfolder/]`` +
+        ``thermometer_config.json`` and ``thermometer.safetensors`` are downloaded (``snapshot_download`` with
+        ``revision``, ``token``, ``cache_dir``; a bundle's: ``subfolder="calibration"``). A local folder (a
+        ``pathlib.Path`` always) is never looked up on the Hub.
 
         Before any module is built or tensor read, the config's fields are type-checked and every tensor name,
         shape and dtype in the safetensors header is compared with what the config implies (a tampered size
         fails at once instead of being allocated); the loaded tensors must then be finite. Every refusal is a
         ``ValueError`` naming the file and the field or tensor (``FileNotFoundError`` for a missing file).
         """
-        directory = Path(directory)
+        directory = resolve_files(
+            directory,
+            [CONFIG_FILE, WEIGHTS_FILE],
+            argument="directory",
+            subfolder=subfolder,
+            revision=revision,
+            token=token,
+            cache_dir=cache_dir,
+        )
         config_path, weights = directory / CONFIG_FILE, directory / WEIGHTS_FILE
         content = read_json(config_path, "Thermometer.from_pretrained")
         if content.get("format") != _FORMAT or not isinstance(content.get("config"), dict):

@@ -12,22 +12,20 @@ from typing import Any
 
 from transformers import Trainer
 
+from .config import calibration_settings
 from .mixin import CalibratedLossMixin
 
-__all__ = ["CalibratedTrainer"]
+__all__ = ["BundlePushMixin", "CalibratedTrainer"]
 
 
-class CalibratedTrainer(CalibratedLossMixin, Trainer):
-    """``transformers.Trainer`` whose ``label_smoothing_factor`` runs through the fused loss.
+class BundlePushMixin:
+    """Hub pushes of a PEFT model carry the calibrated bundle, through a
+    :class:`~hf_calib.callbacks.CalibratedAdapterCallback` (``self.calibrated_adapter``).
 
-    Drop-in: ``CalibratedTrainer(model=..., args=TrainingArguments(label_smoothing_factor=0.1), ...)``.
-    See :class:`CalibratedLossMixin` for which path each model takes. Evaluations also report
-    token-level calibration (``calibration_metrics=False`` switches that off).
-
-    Hub pushes of a PEFT model (``push_to_hub=True``, any ``hub_strategy``, and ``push_to_hub()``) upload the
-    whole calibrated bundle through ``self.calibrated_adapter``, a
-    :class:`~hf_calib.callbacks.CalibratedAdapterCallback` (pass your own as ``calibrated_adapter=``, or set its
-    ``temperature`` / ``report`` / ``card`` before pushing); the model card is the calibration card.
+    Put it before :class:`~hf_calib.trainer.mixin.CalibratedLossMixin` in the bases. The callback is the one
+    passed as ``calibrated_adapter=``, else one passed in ``callbacks=[...]``, else a new one, unless
+    ``args.push_calibrated_bundle`` is False (:class:`~hf_calib.trainer.CalibratedTrainingArguments`), in which
+    case pushes are Trainer's own and ``calibrated_adapter`` is None.
     """
 
     def __init__(self, *args: Any, calibrated_adapter: Any = None, **kwargs: Any) -> None:
@@ -39,8 +37,11 @@ class CalibratedTrainer(CalibratedLossMixin, Trainer):
                 f"got {type(calibrated_adapter).__name__}."
             )
         super().__init__(*args, **kwargs)
-        # One bundle writer per trainer: the one given, else one passed in callbacks=[...], else a new one.
         given = [cb for cb in self.callback_handler.callbacks if isinstance(cb, CalibratedAdapterCallback)]
+        settings = calibration_settings(self.args)
+        if calibrated_adapter is None and not given and settings is not None and not settings.push_calibrated_bundle:
+            self.calibrated_adapter = None
+            return
         if calibrated_adapter is None:
             calibrated_adapter = given[0] if given else CalibratedAdapterCallback()
         for callback in given:
@@ -53,6 +54,24 @@ class CalibratedTrainer(CalibratedLossMixin, Trainer):
             self.add_callback(calibrated_adapter)
 
     def create_model_card(self, **kwargs: Any) -> None:
-        """The calibration card for a PEFT model (see :mod:`hf_calib.hub.card`), else Trainer's own card."""
-        if self.is_world_process_zero() and not self.calibrated_adapter.write_model_card(self, **kwargs):
+        """The calibration card for a PEFT model (see :mod:`hf_calib.hub.card`), else the base trainer's card."""
+        if not self.is_world_process_zero():
+            return
+        if self.calibrated_adapter is None or not self.calibrated_adapter.write_model_card(self, **kwargs):
             super().create_model_card(**kwargs)
+
+
+class CalibratedTrainer(BundlePushMixin, CalibratedLossMixin, Trainer):
+    """``transformers.Trainer`` whose ``label_smoothing_factor`` runs through the fused loss.
+
+    Drop-in: ``CalibratedTrainer(model=..., args=TrainingArguments(label_smoothing_factor=0.1), ...)``, or
+    ``args=CalibratedTrainingArguments(...)`` to set hf_calib's options with the run's arguments.
+    See :class:`CalibratedLossMixin` for which path each model takes. Evaluations also report
+    token-level calibration (``calibration_metrics=False`` switches that off).
+
+    Hub pushes of a PEFT model (``push_to_hub=True``, any ``hub_strategy``, and ``push_to_hub()``) upload the
+    whole calibrated bundle through ``self.calibrated_adapter``, a
+    :class:`~hf_calib.callbacks.CalibratedAdapterCallback` (pass your own as ``calibrated_adapter=``, or set its
+    ``temperature`` / ``report`` / ``card`` before pushing); the model card is the calibration card
+    (:class:`BundlePushMixin`).
+    """

@@ -1,29 +1,14 @@
 """``CalibratedLossMixin``: the fused label-smoothing loss and calibration metrics for any ``Trainer``.
 
-Used by ``CalibratedTrainer`` (``hf_calib.trainer.calibrated``) and TRL's ``CalibratedSFTTrainer``
-(``hf_calib.trainer.sft``). The loss itself, the output-layer arming and the token statistics are
-:mod:`hf_calib.loss`'s; this module wires them into ``Trainer.compute_loss`` and ``evaluation_loop``.
-
-``TrainingArguments.label_smoothing_factor`` (``eps``, 0 included) is applied by
-:func:`hf_calib.fused_linear_label_smoothing_ce` inside the model's forward (see :mod:`hf_calib.loss.head`),
-so a causal LM never materializes its ``[B, T, V]`` logits during training or loss-only
-evaluation. Per non-ignored token with logits ``z`` (``V`` classes) and shifted target ``y``::
-
-    loss_tok = logsumexp(z) - (1 - eps) * z_y - (eps / V) * sum_v z_v
-    loss     = sum_tok loss_tok / (num_items_in_batch or number of non-ignored tokens)
-
-which is the definition of Trainer's ``LabelSmoother`` (``shift_labels=True``), with the same
-gradient-accumulation and ``average_tokens_across_devices`` scaling as ``Trainer.compute_loss``.
-Models the fused path cannot serve exactly take the logits path (same loss, computed with
-:func:`hf_calib.label_smoothing_ce` on the full logits) after one :class:`FusedLossFallbackWarning`;
-models without a causal LM loss (e.g. sequence classification) keep Trainer's own loss.
-
-Every evaluation of a causal LM also reports token-level calibration (``eval_token_ece``,
-``eval_token_nll``, ... ; :mod:`hf_calib.loss.token_calibration`), reduced per batch to per-sample
-statistics (computed inside the armed output layer on the fused path, so still no ``[B, T, V]``
-logits), gathered like predictions and merged into the metrics before Trainer logs them.
-``multiple_choice=`` adds answer-level calibration on multiple-choice questions the same way
-(``eval_mc/macro/ece``, ...; :mod:`hf_calib.callbacks.multiple_choice`).
+Used by ``CalibratedTrainer`` and TRL's ``CalibratedSFTTrainer``. The loss, the output-layer arming and the
+token statistics are :mod:`hf_calib.loss`'s; this module wires them into ``Trainer.compute_loss``,
+``prediction_step`` and ``evaluation_loop``. ``label_smoothing_factor`` (``eps``, 0 included) is applied
+inside the model's forward, so a causal LM never materializes its ``[B, T, V]`` logits in training or
+loss-only evaluation; the loss is Trainer's ``LabelSmoother`` definition with Trainer's gradient-accumulation
+and ``average_tokens_across_devices`` scaling (formula and paths: ``docs/trainer.md``). Every evaluation of a
+causal LM also reports token-level calibration (``eval_token_ece``, ...), reduced per batch to per-sample
+statistics, gathered like predictions and merged before Trainer logs them; ``multiple_choice=`` adds
+answer-level calibration on multiple-choice questions (``eval_mc/macro/ece``, ...).
 """
 
 from __future__ import annotations
@@ -53,9 +38,13 @@ from ..loss import (
     token_calibration_stats,
     token_stats_from_logits,
 )
+from .config import calibration_settings
 
 if TYPE_CHECKING:
     from ..eval import MultipleChoiceCalibration
+
+#: Default of keyword arguments read from the trainer's ``args`` when not given (:class:`CalibrationArguments`).
+FROM_ARGS: Any = type("FromArgs", (), {"__repr__": lambda self: "<from args>"})()
 
 # The logger keeps the name it had when this code lived in hf_calib.trainer.
 logger = logging.getLogger("hf_calib.trainer")
@@ -94,6 +83,10 @@ class CalibratedLossMixin:
     model type) adds ``{metric_key_prefix}_{key}`` for every key of ``evaluate(self.model, tokenizer)``
     (e.g. ``eval_mc/macro/ece``) once per ``evaluate()`` call, before Trainer logs the metrics; the
     tokenizer is the evaluator's own, else ``processing_class``. Its time is part of ``eval_runtime``.
+
+    Either keyword argument, when not given, comes from the trainer's ``args`` if they are
+    :class:`~hf_calib.trainer.CalibratedTrainingArguments` (or ``CalibratedSFTConfig``): ``calibration_metrics``,
+    ``calibration_n_bins``, ``calibration_prefix``, ``reliability_diagrams``, ``multiple_choice`` specs.
     """
 
     #: Also measure per-token entropy and top-1 accuracy (used by the TRL SFT subclass's metrics).
@@ -102,15 +95,21 @@ class CalibratedLossMixin:
     def __init__(
         self,
         *args: Any,
-        calibration_metrics: bool | TokenCalibrationConfig = True,
-        multiple_choice: MultipleChoiceCalibration | Sequence[MultipleChoiceCalibration] | None = None,
+        calibration_metrics: bool | TokenCalibrationConfig | Any = FROM_ARGS,
+        multiple_choice: MultipleChoiceCalibration | Sequence[MultipleChoiceCalibration] | None | Any = FROM_ARGS,
         **kwargs: Any,
     ) -> None:
         from ..callbacks.multiple_choice import check_tokenizers, resolve_multiple_choice
 
-        config = TokenCalibrationConfig.resolve(calibration_metrics)
-        evaluators = resolve_multiple_choice(multiple_choice)
+        # Keyword arguments win; when one is not given, the run's arguments decide (CalibrationArguments).
+        config = None if calibration_metrics is FROM_ARGS else TokenCalibrationConfig.resolve(calibration_metrics)
+        evaluators = [] if multiple_choice is FROM_ARGS else resolve_multiple_choice(multiple_choice)
         super().__init__(*args, **kwargs)
+        settings = calibration_settings(self.args)
+        if calibration_metrics is FROM_ARGS:
+            config = settings.token_calibration_config() if settings is not None else TokenCalibrationConfig()
+        if multiple_choice is FROM_ARGS and settings is not None:
+            evaluators = resolve_multiple_choice(settings.multiple_choice_evaluators(), "args.multiple_choice")
         check_tokenizers(evaluators, self.processing_class)
         self.multiple_choice = evaluators
         self._mc_depth = 0  # nesting of evaluate() calls (a dict of eval datasets recurses)
@@ -170,9 +169,12 @@ class CalibratedLossMixin:
             self._calib_warn(f"{plan.reason}; training on full logits (same loss, more memory)")
         else:
             logger.info(
-                "hf_calib: fused label-smoothing loss active (eps=%s, softcap=%s).",
+                "hf_calib: fused label-smoothing loss active (eps=%s, softcap=%s)%s.",
                 self.args.label_smoothing_factor,
                 plan.softcap,
+                "; use_liger_kernel: Liger's other kernels stay, the loss is hf_calib's"
+                if self.args.use_liger_kernel
+                else "",
             )
 
     def _calib_warn(self, message: str) -> None:
@@ -215,6 +217,9 @@ class CalibratedLossMixin:
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         shift_labels = inputs.pop("shift_labels", None)
+        # Trainer asks a Liger-patched model to skip its logits when only the loss is needed; hf_calib serves the
+        # loss (the fused path never builds the logits either), so the model runs without labels and without it.
+        inputs.pop("skip_logits", None)
         if shift_labels is None:
             shift_labels = shift_causal_labels(labels, IGNORE_INDEX)
         if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
@@ -385,5 +390,7 @@ class CalibratedLossMixin:
         if prefix is not None:
             from ..callbacks.multiple_choice import run_multiple_choice
 
-            output.metrics.update(run_multiple_choice(self.multiple_choice, self.model, self.processing_class, prefix))
+            progress = self.is_world_process_zero() and not self.args.disable_tqdm
+            mc = run_multiple_choice(self.multiple_choice, self.model, self.processing_class, prefix, progress=progress)
+            output.metrics.update(mc)
         return output

@@ -1,4 +1,4 @@
-"""``CalibratedSFTTrainer``: TRL's ``SFTTrainer`` with the fused label-smoothing loss.
+"""``CalibratedSFTTrainer``: TRL's ``SFTTrainer`` with the fused label-smoothing loss; ``CalibratedSFTConfig``.
 
 Imported lazily (``hf_calib.CalibratedSFTTrainer``) so that hf_calib itself does not need TRL.
 """
@@ -6,22 +6,35 @@ Imported lazily (``hf_calib.CalibratedSFTTrainer``) so that hf_calib itself does
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..loss import TokenStats
+from .calibrated import BundlePushMixin
+from .config import CalibrationArguments
 from .mixin import CalibratedLossMixin
 
 try:
-    from trl import SFTTrainer
+    from trl import SFTConfig, SFTTrainer
 except ImportError as exc:  # pragma: no cover - exercised only without trl
     raise ImportError("hf_calib.CalibratedSFTTrainer needs TRL: pip install trl") from exc
 
-__all__ = ["CalibratedSFTTrainer"]
+__all__ = ["CalibratedSFTConfig", "CalibratedSFTTrainer"]
 
 
-class CalibratedSFTTrainer(CalibratedLossMixin, SFTTrainer):
+@dataclass
+class CalibratedSFTConfig(SFTConfig, CalibrationArguments):
+    """TRL's ``SFTConfig`` plus hf_calib's settings (:class:`~hf_calib.trainer.config.CalibrationArguments`):
+    the twin of :class:`~hf_calib.trainer.CalibratedTrainingArguments` for :class:`CalibratedSFTTrainer`."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_calibration_arguments()
+
+
+class CalibratedSFTTrainer(BundlePushMixin, CalibratedLossMixin, SFTTrainer):
     """TRL ``SFTTrainer`` whose ``label_smoothing_factor`` runs through the fused loss.
 
     TRL computes label smoothing from full logits with an extra forward pass; here the loss is
@@ -29,6 +42,10 @@ class CalibratedSFTTrainer(CalibratedLossMixin, SFTTrainer):
     metrics are kept: ``entropy`` and ``mean_token_accuracy`` are measured on the non-ignored
     tokens from one extra chunked, gradient-free pass over the output layer (the fused loss
     itself does not return them), and ``num_tokens`` as TRL counts it.
+
+    Hub pushes of a PEFT model carry the calibrated bundle and card, as with ``CalibratedTrainer``
+    (``calibrated_adapter=``, ``args.push_calibrated_bundle``; see
+    :class:`~hf_calib.trainer.calibrated.BundlePushMixin`).
 
     Set-ups the fused loss does not express fall back to ``SFTTrainer``'s own loss with one
     warning: ``loss_type="dft"``, MoE router auxiliary loss (``aux_loss_enabled``), a
