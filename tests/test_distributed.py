@@ -54,10 +54,3 @@ def test_ddp_two_processes_match_single_process(tmp_path, single_process):
     report = _torchrun(tmp_path, "ddp")
     assert report["world_size"] == 2 and report["fused"] and report["head_widths"] == [0]
     _assert_same_run(report, single_process[0])
-
-
-@pytest.mark.distributed
-def test_fsdp2_two_processes_match_single_process(tmp_path, single_process):
-    report = _torchrun(tmp_path, "fsdp", "--fsdp")
-    assert report["world_size"] == 2 and report["fused"] and report["head_widths"] == [0]
-    _assert_same_run(report, single_process[0])

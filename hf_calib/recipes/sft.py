@@ -116,15 +116,17 @@ def load_chat_dataset(path: str | Path, flag: str = "--dataset") -> Any:
     if {"prompt", "completion"} <= columns:
         return data.map(_prompt_completion_to_messages, remove_columns=data.column_names, desc="to messages")
     raise ValueError(
-        f"{flag} {str(path)!r} has columns {sorted(columns)}; expected 'messages' (chat) or 'prompt' and "
-        "'completion'."
+        f"{flag} {str(path)!r} has columns {sorted(columns)}; expected 'messages' (chat) or 'prompt' and 'completion'."
     )
 
 
 def _prompt_completion_to_messages(row: dict[str, Any]) -> dict[str, Any]:
     prompt, completion = row["prompt"], row["completion"]
-    prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    completion = [{"role": "assistant", "content": completion}] if isinstance(completion, str) else list(completion)
+    # Text (a CSV cell may parse as a number) or, in TRL's conversational form, lists of messages.
+    prompt = list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
+    completion = (
+        list(completion) if isinstance(completion, list) else [{"role": "assistant", "content": str(completion)}]
+    )
     return {"messages": prompt + completion}
 
 
@@ -195,6 +197,7 @@ def finetune_chat_lora(
         eval_dataset=held_out,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX),
     )
+    _log_into_output_dir(trainer)
     before = trainer.evaluate()
     start = time.perf_counter()
     trainer.train()
@@ -210,6 +213,16 @@ def finetune_chat_lora(
         steps=trainer.state.global_step,
         fused=bool(trainer.fused_loss_active),
     )
+
+
+def _log_into_output_dir(trainer: CalibratedTrainer) -> None:
+    """TensorBoard logs go under ``output_dir`` also for the evaluation before training: transformers' callback
+    picks its folder at ``on_train_begin`` and otherwise writes an earlier evaluation to ``./runs``."""
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+            callback.logging_dir = str(Path(trainer.args.output_dir) / "runs")
 
 
 def _strip(metrics: dict[str, float]) -> dict[str, float]:
