@@ -133,9 +133,60 @@ def _label_smoothing_ce_rows_kernel(
             tl.store(row_ptr + offs, grad, mask=mask)
 
 
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
 def _block_v(vocab: int, device: torch.device) -> int:
     cap = MAX_BLOCK_V_INTERPRETER if device.type == "cpu" else MAX_BLOCK_V_GPU
-    return min(cap, triton.next_power_of_2(max(vocab, 1)))
+    return min(cap, _next_power_of_2(max(vocab, 1)))
+
+
+@torch.library.custom_op("hf_calib_kernels::label_smoothing_ce_rows_triton", mutates_args=("logits",))
+def _launch(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    grad_scale: torch.Tensor | None,
+    label_smoothing: float,
+    softcap: float | None,
+    block_v: int,
+) -> torch.Tensor:
+    """Run the kernel on contiguous ``logits [C, V]`` (overwritten with the gradient when
+    ``grad_scale`` is given); returns the ``[C]`` losses.
+
+    A custom operator, so ``torch.compile`` keeps the launch as one opaque node (with the fake
+    implementation below for shapes) instead of tracing Triton's launcher or the interpreter.
+    """
+    n_rows, vocab = logits.shape
+    loss = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
+    if n_rows == 0:
+        return loss
+    eps = float(label_smoothing)
+    # Triton launches on the current CUDA device; the lm_head may sit elsewhere (device_map="auto").
+    device_guard = torch.cuda.device(logits.device) if logits.device.type == "cuda" else contextlib.nullcontext()
+    with device_guard:
+        _label_smoothing_ce_rows_kernel[(n_rows,)](
+            logits,
+            labels,
+            loss if grad_scale is None else grad_scale,
+            loss,
+            logits.stride(0),
+            vocab,
+            eps / vocab,
+            1.0 - eps,
+            1.0 if softcap is None else float(softcap),
+            HAS_SOFTCAP=softcap is not None,
+            HAS_SMOOTHING=eps > 0.0,
+            HAS_GRAD=grad_scale is not None,
+            BLOCK_V=block_v,
+            num_warps=8 if block_v >= 2048 else 4,
+        )
+    return loss
+
+
+@_launch.register_fake
+def _launch_fake(logits, labels, grad_scale, label_smoothing, softcap, block_v):
+    return logits.new_empty(logits.shape[0], dtype=torch.float32)
 
 
 def label_smoothing_ce_rows(
@@ -164,38 +215,17 @@ def label_smoothing_ce_rows(
         ``(loss [C] float32, grad [C, V] float32 or None)`` with
         ``grad = grad_scale[:, None] * dloss/draw``.
     """
-    n_rows, vocab = logits.shape
+    vocab = logits.shape[1]
     if logits.dtype != torch.float32:
         raise ValueError(f"logits must be float32 for the Triton row kernel; got {logits.dtype}.")
     if not logits.is_contiguous():
         logits = logits.contiguous()
-    loss = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
-    want_grad = grad_scale is not None
-    if n_rows == 0:
-        return loss, logits if want_grad else None
     block = _block_v(vocab, logits.device) if block_v is None else int(block_v)
     if block < 1 or block & (block - 1):
         raise ValueError(f"block_v must be a power of two; got {block_v}.")
-    eps = float(label_smoothing)
-    labels = labels.contiguous()
-    scale = grad_scale.to(device=logits.device, dtype=torch.float32).contiguous() if want_grad else loss
-    # Triton launches on the current CUDA device; the lm_head may sit elsewhere (device_map="auto").
-    device_guard = torch.cuda.device(logits.device) if logits.device.type == "cuda" else contextlib.nullcontext()
-    with device_guard:
-        _label_smoothing_ce_rows_kernel[(n_rows,)](
-            logits,
-            labels,
-            scale,
-            loss,
-            logits.stride(0),
-            vocab,
-            eps / vocab,
-            1.0 - eps,
-            1.0 if softcap is None else float(softcap),
-            HAS_SOFTCAP=softcap is not None,
-            HAS_SMOOTHING=eps > 0.0,
-            HAS_GRAD=want_grad,
-            BLOCK_V=block,
-            num_warps=8 if block >= 2048 else 4,
-        )
+    want_grad = grad_scale is not None
+    if want_grad:
+        grad_scale = grad_scale.to(device=logits.device, dtype=torch.float32).contiguous()
+    cap = None if softcap is None else float(softcap)
+    loss = _launch(logits, labels.contiguous(), grad_scale, float(label_smoothing), cap, block)
     return loss, logits if want_grad else None

@@ -1,13 +1,22 @@
 """Chunked, fused ``linear -> label-smoothing cross-entropy`` with gradients computed in forward.
 
-The ``[N, V]`` logits are never materialized. Rows whose label is ignored are dropped first
-(they carry no loss and no gradient); the remaining rows are processed in chunks::
+The ``[N, V]`` logits are never materialized. The rows are processed in fixed chunks of
+``settings.chunk_rows`` consecutive rows::
 
     logits_c = h_c @ W.T (+ b)                  [C, V] float32, the only large buffer
     loss_c, dlogits_c = row_kernel(logits_c)     (the row kernel overwrites logits_c)
     grad_h[c] = dlogits_c @ W
     grad_W   += dlogits_c.T @ h_c               (float32 accumulator)
     grad_b   += dlogits_c.sum(0)
+
+No host synchronization: every shape and loop bound depends on ``N`` and ``V`` only, never on the
+label values. Rows whose label is ``ignore_index`` go through the chunks like the others, masked:
+their hidden state is replaced by zeros (so their logits are finite whatever the input), their
+target by class 0, their per-row gradient factor by 0 and their loss by 0; so they contribute
+exactly nothing. (Dropping them first would need their count on the host, i.e. a device-to-host
+sync per call and a data-dependent shape that ``torch.compile`` cannot trace; the price is the
+chunk matmuls of the ignored rows.) The scale of ``reduction="mean"`` (``1 / denominator``) is a
+0-d device tensor, so a token count that lives on the device is never read by the host either.
 
 For ``reduction="mean"`` or ``"sum"`` the upstream gradient is a scalar, so the gradients are
 computed during forward and backward only rescales them. For ``reduction="none"`` the
@@ -35,17 +44,18 @@ class CESettings:
     Attributes:
         ignore_index: label of rows without loss or gradient.
         label_smoothing: epsilon in [0, 1).
-        reduction: ``"mean"`` (sum / ``denominator``), ``"sum"`` or ``"none"`` (per-row losses).
-        denominator: divisor of ``"mean"`` (the number of non-ignored labels, or ``num_items_in_batch``).
+        reduction: ``"mean"`` (sum / denominator), ``"sum"`` or ``"none"`` (per-row losses).
         softcap: ``c * tanh(z / c)`` applied to the logits first, or None.
         row_kernel: the per-row loss / gradient kernel (torch or Triton).
         chunk_rows: rows of logits materialized at a time.
+
+    The denominator of ``"mean"`` is not a setting but an argument of :func:`fused_linear_ce` and
+    :func:`~hf_calib_kernels.logits_ce.label_smoothing_ce_from_logits`: it may be a device tensor.
     """
 
     ignore_index: int
     label_smoothing: float
     reduction: str
-    denominator: float
     softcap: float | None
     row_kernel: RowKernel
     chunk_rows: int
@@ -62,6 +72,26 @@ def chunk_rows_for(n_rows: int, vocab: int, chunk_bytes: int | None = None) -> i
     return max(1, min(rows, n_rows))
 
 
+def loss_scale(reduction: str, denominator: torch.Tensor | float, device: torch.device) -> torch.Tensor:
+    """``1 / denominator`` for ``"mean"``, else 1, as a float32 0-d tensor on ``device``.
+
+    A Python denominator becomes a device fill (no host-to-device copy), a tensor one stays on the
+    device: nothing here waits for the device.
+    """
+    if reduction != "mean":
+        return torch.ones((), dtype=torch.float32, device=device)
+    if isinstance(denominator, torch.Tensor):
+        return denominator.to(device=device, dtype=torch.float32).reciprocal()
+    return torch.full((), 1.0 / float(denominator), dtype=torch.float32, device=device)
+
+
+def chunk_targets(labels: torch.Tensor, valid: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Targets safe to index a ``[C, V]`` buffer with: ignored rows get class 0, and a label out of
+    ``[0, V)`` (rejected by the caller's checks, asynchronously on a GPU) is clamped into range so no
+    kernel ever reads outside a row."""
+    return torch.where(valid, labels, 0).clamp_(0, vocab - 1)
+
+
 def _chunk_logits(h_c: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     logits = h_c @ weight.t()
     if bias is not None:
@@ -72,14 +102,14 @@ def _chunk_logits(h_c: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 def _accumulate_grads(
     dlogits: torch.Tensor,
     h_c: torch.Tensor,
-    rows: torch.Tensor,
+    start: int,
     weight: torch.Tensor,
     grad_hidden: torch.Tensor | None,
     grad_weight: torch.Tensor | None,
     grad_bias: torch.Tensor | None,
 ) -> None:
     if grad_hidden is not None:
-        grad_hidden.index_copy_(0, rows, (dlogits.to(weight.dtype) @ weight).to(grad_hidden.dtype))
+        grad_hidden[start : start + h_c.shape[0]] = dlogits.to(weight.dtype) @ weight
     if grad_weight is not None:
         # Accumulate in float32: chunk-wise sums in bf16 drift.
         grad_weight.addmm_(dlogits.t(), h_c.float())
@@ -92,7 +122,6 @@ def _run_chunks(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     labels: torch.Tensor,
-    rows_valid: torch.Tensor,
     settings: CESettings,
     *,
     grad_scale: torch.Tensor | None,
@@ -100,32 +129,55 @@ def _run_chunks(
     grad_weight: torch.Tensor | None,
     grad_bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Loss of every valid row (float32, ``[len(rows_valid)]``), accumulating gradients."""
-    losses = torch.empty(rows_valid.numel(), dtype=torch.float32, device=hidden.device)
-    want_grad = grad_scale is not None
+    """Loss of every row (float32 ``[N]``, exactly 0 where the label is ignored), accumulating gradients.
+
+    ``grad_scale [N]`` must already be 0 on the ignored rows.
+    """
+    n_rows, vocab = hidden.shape[0], weight.shape[0]
+    losses = torch.empty(n_rows, dtype=torch.float32, device=hidden.device)
     chunk_rows = settings.chunk_rows
-    for start in range(0, rows_valid.numel(), chunk_rows):
-        stop = min(start + chunk_rows, rows_valid.numel())
-        rows = rows_valid[start:stop]
-        h_c = hidden.index_select(0, rows)
+    for start in range(0, n_rows, chunk_rows):
+        stop = min(start + chunk_rows, n_rows)
+        labels_c = labels[start:stop]
+        valid = labels_c != settings.ignore_index
+        # Zero hidden states on ignored rows: finite logits, so 0 * gradient is exactly 0 there.
+        h_c = torch.where(valid.unsqueeze(1), hidden[start:stop], 0)
         logits = _chunk_logits(h_c, weight, bias)
         loss_c, dlogits = settings.row_kernel(
             logits,
-            labels.index_select(0, rows),
+            chunk_targets(labels_c, valid, vocab),
             label_smoothing=settings.label_smoothing,
             softcap=settings.softcap,
-            grad_scale=grad_scale[start:stop] if want_grad else None,
+            grad_scale=None if grad_scale is None else grad_scale[start:stop],
         )
-        losses[start:stop] = loss_c
+        losses[start:stop] = torch.where(valid, loss_c, 0.0)
         if dlogits is not None:
-            _accumulate_grads(dlogits, h_c, rows, weight, grad_hidden, grad_weight, grad_bias)
+            _accumulate_grads(dlogits, h_c, start, weight, grad_hidden, grad_weight, grad_bias)
         # Free this chunk before the next one is allocated: peak extra memory is one chunk, not two.
         del logits, dlogits
     return losses
 
 
+def valid_scale(labels: torch.Tensor, ignore_index: int, scale: torch.Tensor) -> torch.Tensor:
+    """``[N]`` float32 per-row gradient factors: ``scale`` where the label is not ignored, 0 elsewhere."""
+    return (labels != ignore_index).to(torch.float32).mul_(scale)
+
+
+def _grad_buffers(hidden, weight, bias, needs):
+    """Gradient buffers for the inputs that need one. ``grad_hidden`` is not zeroed: the chunks
+    write every row of it. ``grad_weight`` / ``grad_bias`` are float32 accumulators."""
+    needs_h, needs_w, needs_b = needs
+    device = hidden.device
+    return (
+        torch.empty_like(hidden) if needs_h else None,
+        torch.zeros(weight.shape, dtype=torch.float32, device=device) if needs_w else None,
+        torch.zeros(bias.shape, dtype=torch.float32, device=device) if needs_b else None,
+    )
+
+
 class FusedLinearLabelSmoothingCE(torch.autograd.Function):
-    """Autograd glue; see the module docstring. Inputs are already validated and flattened."""
+    """Autograd glue; see the module docstring. Inputs are already validated and flattened;
+    ``scale`` is the float32 0-d tensor of :func:`loss_scale`."""
 
     @staticmethod
     def forward(
@@ -134,47 +186,34 @@ class FusedLinearLabelSmoothingCE(torch.autograd.Function):
         weight: torch.Tensor,
         bias: torch.Tensor | None,
         labels: torch.Tensor,
+        scale: torch.Tensor,
         settings: CESettings,
     ) -> torch.Tensor:
-        needs_h, needs_w, needs_b = ctx.needs_input_grad[:3]
-        rows_valid = (labels != settings.ignore_index).nonzero().squeeze(1)
-        reduction = settings.reduction
-        n_rows = hidden.shape[0]
-        device = hidden.device
-        ctx.reduction = reduction
-
-        if reduction == "none":
-            losses = _run_chunks(
-                hidden, weight, bias, labels, rows_valid, settings,
+        needs = ctx.needs_input_grad[:3]
+        ctx.reduction = settings.reduction
+        ctx.settings = settings
+        if settings.reduction == "none":
+            ctx.grads = None
+            ctx.save_for_backward(hidden, weight, bias, labels, scale)
+            return _run_chunks(
+                hidden, weight, bias, labels, settings,
                 grad_scale=None, grad_hidden=None, grad_weight=None, grad_bias=None,
             )  # fmt: skip
-            out = torch.zeros(n_rows, dtype=torch.float32, device=device)
-            out.index_copy_(0, rows_valid, losses)
-            ctx.save_for_backward(hidden, weight, bias, labels, rows_valid)
-            ctx.settings = settings
-            return out
 
-        grad_hidden = torch.zeros_like(hidden) if needs_h else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=device) if needs_w else None
-        grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=device) if needs_b else None
-        any_grad = needs_h or needs_w or needs_b
-        scale = 1.0 / settings.denominator if reduction == "mean" else 1.0
-        grad_scale = torch.full((rows_valid.numel(),), scale, device=device) if any_grad else None
+        grad_hidden, grad_weight, grad_bias = _grad_buffers(hidden, weight, bias, needs)
+        grad_scale = valid_scale(labels, settings.ignore_index, scale) if any(needs) else None
         losses = _run_chunks(
-            hidden, weight, bias, labels, rows_valid, settings,
+            hidden, weight, bias, labels, settings,
             grad_scale=grad_scale, grad_hidden=grad_hidden, grad_weight=grad_weight, grad_bias=grad_bias,
         )  # fmt: skip
-        loss = losses.sum() * scale
         ctx.grads = (
             grad_hidden,
             None if grad_weight is None else grad_weight.to(weight.dtype),
             None if grad_bias is None else grad_bias.to(bias.dtype),
         )
         # Only for a second backward (retain_graph=True), which recomputes the gradients.
-        ctx.save_for_backward(hidden, weight, bias, labels, rows_valid)
-        ctx.settings = settings
-        ctx.scale = scale
-        return loss
+        ctx.save_for_backward(hidden, weight, bias, labels, scale)
+        return losses.sum() * scale
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
@@ -184,26 +223,25 @@ class FusedLinearLabelSmoothingCE(torch.autograd.Function):
             # Scaled in place (no device-to-host sync to test for 1, no second [V, H] buffer).
             stored, ctx.grads = ctx.grads, None
             grads = [None if g is None else g.mul_(grad_output.to(g.dtype)) for g in stored]
-            return (*grads, None, None)
+            return (*grads, None, None, None)
 
-        hidden, weight, bias, labels, rows_valid = ctx.saved_tensors
+        hidden, weight, bias, labels, scale = ctx.saved_tensors
+        settings = ctx.settings
+        valid = labels != settings.ignore_index
         if ctx.reduction == "none":
-            grad_scale = grad_output.reshape(-1).float().index_select(0, rows_valid)
+            grad_scale = torch.where(valid, grad_output.reshape(-1).float(), 0.0)
         else:
-            grad_scale = (grad_output.float().reshape(1) * ctx.scale).expand(rows_valid.numel()).contiguous()
-        needs_h, needs_w, needs_b = ctx.needs_input_grad[:3]
-        device = hidden.device
-        grad_hidden = torch.zeros_like(hidden) if needs_h else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=device) if needs_w else None
-        grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=device) if needs_b else None
+            grad_scale = valid.to(torch.float32).mul_(grad_output.float() * scale)
+        grad_hidden, grad_weight, grad_bias = _grad_buffers(hidden, weight, bias, ctx.needs_input_grad[:3])
         _run_chunks(
-            hidden, weight, bias, labels, rows_valid, ctx.settings,
+            hidden, weight, bias, labels, settings,
             grad_scale=grad_scale, grad_hidden=grad_hidden, grad_weight=grad_weight, grad_bias=grad_bias,
         )  # fmt: skip
         return (
             grad_hidden,
             None if grad_weight is None else grad_weight.to(weight.dtype),
             None if grad_bias is None else grad_bias.to(bias.dtype),
+            None,
             None,
             None,
         )
@@ -215,21 +253,19 @@ def fused_linear_ce(
     bias: torch.Tensor | None,
     labels: torch.Tensor,
     settings: CESettings,
+    denominator: torch.Tensor | float = 1.0,
 ) -> torch.Tensor:
     """Run the fused loss on flattened, validated inputs (``hidden [N, H]``, ``labels [N]``).
 
-    Returns a float32 scalar (``"mean"``: sum / ``settings.denominator``; ``"sum"``) or ``[N]`` losses.
+    Returns a float32 scalar (``"mean"``: sum / ``denominator``, a number or a 0-d tensor that may
+    live on the device; ``"sum"``) or ``[N]`` losses.
     """
+    scale = loss_scale(settings.reduction, denominator, hidden.device)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
     if not needs_grad:
-        rows_valid = (labels != settings.ignore_index).nonzero().squeeze(1)
         losses = _run_chunks(
-            hidden, weight, bias, labels, rows_valid, settings,
+            hidden, weight, bias, labels, settings,
             grad_scale=None, grad_hidden=None, grad_weight=None, grad_bias=None,
         )  # fmt: skip
-        if settings.reduction == "none":
-            out = torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device)
-            return out.index_copy_(0, rows_valid, losses)
-        total = losses.sum()
-        return total / settings.denominator if settings.reduction == "mean" else total
-    return FusedLinearLabelSmoothingCE.apply(hidden, weight, bias, labels, settings)
+        return losses if settings.reduction == "none" else losses.sum() * scale
+    return FusedLinearLabelSmoothingCE.apply(hidden, weight, bias, labels, scale, settings)

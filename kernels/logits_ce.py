@@ -3,13 +3,15 @@
 Same math and row kernels as :mod:`fused_linear`, but the input is ``logits [N, V]``. The only
 large buffer it allocates is the gradient of the logits (which autograd needs anyway); the
 float32 log-softmax copy that ``F.cross_entropy`` keeps is avoided by processing row chunks.
+As in :mod:`fused_linear`, ignored rows are masked (zero logits, target 0, gradient factor 0,
+loss 0) rather than dropped, so nothing here synchronizes with the device.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .fused_linear import CESettings
+from .fused_linear import CESettings, chunk_targets, loss_scale, valid_scale
 
 
 class LabelSmoothingCE(torch.autograd.Function):
@@ -18,32 +20,38 @@ class LabelSmoothingCE(torch.autograd.Function):
         ctx,
         logits: torch.Tensor,
         labels: torch.Tensor,
+        scale: torch.Tensor,
         settings: CESettings,
     ) -> torch.Tensor:
         want_grad = ctx.needs_input_grad[0]
-        rows_valid = (labels != settings.ignore_index).nonzero().squeeze(1)
-        n_valid = rows_valid.numel()
-        reduction, chunk_rows = settings.reduction, settings.chunk_rows
-        scale = 1.0 / settings.denominator if reduction == "mean" else 1.0
-        grad_logits = torch.zeros_like(logits) if want_grad else None
-        losses = torch.empty(n_valid, dtype=torch.float32, device=logits.device)
-        for start in range(0, n_valid, chunk_rows):
-            rows = rows_valid[start : start + chunk_rows]
+        n_rows, vocab = logits.shape
+        chunk_rows = settings.chunk_rows
+        grad_scale = valid_scale(labels, settings.ignore_index, scale) if want_grad else None
+        # Every row is written below (ignored ones with exact zeros), so no zero fill is needed.
+        grad_logits = torch.empty_like(logits) if want_grad else None
+        losses = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
+        for start in range(0, n_rows, chunk_rows):
+            stop = min(start + chunk_rows, n_rows)
+            labels_c = labels[start:stop]
+            valid = labels_c != settings.ignore_index
+            # A float32 copy (the row kernel overwrites it) with ignored rows zeroed: finite, so
+            # their zero gradient factor gives exact zeros.
+            z = logits[start:stop].to(torch.float32, copy=True).masked_fill_(~valid.unsqueeze(1), 0.0)
             loss_c, dlogits = settings.row_kernel(
-                logits.index_select(0, rows).float(),
-                labels.index_select(0, rows),
+                z,
+                chunk_targets(labels_c, valid, vocab),
                 label_smoothing=settings.label_smoothing,
                 softcap=settings.softcap,
-                grad_scale=torch.full((rows.numel(),), scale, device=logits.device) if want_grad else None,
+                grad_scale=None if grad_scale is None else grad_scale[start:stop],
             )
-            losses[start : start + rows.numel()] = loss_c
+            losses[start:stop] = torch.where(valid, loss_c, 0.0)
             if dlogits is not None:
-                grad_logits.index_copy_(0, rows, dlogits.to(logits.dtype))
-        ctx.reduction = reduction
+                grad_logits[start:stop] = dlogits.to(logits.dtype)
+            del z, dlogits
+        ctx.reduction = settings.reduction
         ctx.grad_logits = grad_logits
-        if reduction == "none":
-            out = torch.zeros(logits.shape[0], dtype=torch.float32, device=logits.device)
-            return out.index_copy_(0, rows_valid, losses)
+        if settings.reduction == "none":
+            return losses
         return losses.sum() * scale
 
     @staticmethod
@@ -55,9 +63,16 @@ class LabelSmoothingCE(torch.autograd.Function):
         scale = grad_output.to(grad.dtype)
         if ctx.reduction == "none":
             scale = scale.unsqueeze(1)
-        return grad * scale, None, None
+        return grad * scale, None, None, None
 
 
-def label_smoothing_ce_from_logits(logits: torch.Tensor, labels: torch.Tensor, settings: CESettings) -> torch.Tensor:
-    """Flattened, validated inputs: ``logits [N, V]``, ``labels [N]``."""
-    return LabelSmoothingCE.apply(logits, labels, settings)
+def label_smoothing_ce_from_logits(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    settings: CESettings,
+    denominator: torch.Tensor | float = 1.0,
+) -> torch.Tensor:
+    """Flattened, validated inputs: ``logits [N, V]``, ``labels [N]``; ``"mean"`` divides by
+    ``denominator`` (a number or a 0-d tensor that may live on the device)."""
+    scale = loss_scale(settings.reduction, denominator, logits.device)
+    return LabelSmoothingCE.apply(logits, labels, scale, settings)

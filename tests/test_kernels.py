@@ -82,6 +82,11 @@ def _case_specs() -> dict[str, dict]:
     specs["fused-bf16"] = bf16 | {"kind": "fused", "softcap": 4.0, "reduction": "mean"}
     specs["fused-bf16-none"] = bf16 | {"kind": "fused", "softcap": None, "reduction": "none"}
     specs["logits-bf16"] = bf16 | {"kind": "logits", "softcap": 4.0, "reduction": "mean"}
+    # Under torch.compile(fullgraph=True): the row kernel is a custom operator, opaque to Dynamo
+    # (which would otherwise trace Triton's launcher, or here the interpreter).
+    compiled = {"vocab": 1000, "n": 16, "ignore": 0.3, "label_smoothing": 0.1, "softcap": 2.0, "compile": True}
+    specs["fused-compiled"] = compiled | {"kind": "fused", "width": 8, "reduction": "mean_num_items"}
+    specs["logits-compiled"] = compiled | {"kind": "logits", "reduction": "none"}
     for seed, spec in enumerate(specs.values()):
         spec["seed"] = seed
     return specs
@@ -146,11 +151,17 @@ def _api_call(spec: dict, inputs: dict[str, torch.Tensor], backend: str):
     leaves = {name: inputs[name].clone().requires_grad_(True) for name in names}
     kwargs = _api_kwargs(spec, inputs["labels"]) | {"backend": backend}
     if spec["kind"] == "fused":
-        out = fused_linear_label_smoothing_ce(
-            leaves["hidden"], leaves["weight"], inputs["labels"], bias=leaves["bias"], **kwargs
-        )
+
+        def call(labels, hidden, weight, bias):
+            return fused_linear_label_smoothing_ce(hidden, weight, labels, bias=bias, **kwargs)
     else:
-        out = label_smoothing_ce(leaves["logits"], inputs["labels"], **kwargs)
+
+        def call(labels, logits):
+            return label_smoothing_ce(logits, labels, **kwargs)
+
+    if spec.get("compile"):
+        call = torch.compile(call, backend="aot_eager", fullgraph=True)
+    out = call(inputs["labels"], *leaves.values())
     out.backward(inputs["grad_output"] if kwargs["reduction"] == "none" else torch.ones(()))
     return {"loss": out.detach()} | {f"grad_{name}": leaf.grad for name, leaf in leaves.items()}
 

@@ -7,6 +7,7 @@ bfloat16 inputs at the rounding of their bfloat16 outputs.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import pytest
@@ -14,6 +15,8 @@ import torch
 from transformers.trainer_pt_utils import LabelSmoother
 
 from hf_calib import fused_linear_label_smoothing_ce, label_smoothing_ce
+from hf_calib.loss import FusedLossRequest, armed
+from hf_calib.loss.head import install_fused_head
 from hf_calib_kernels import chunk_rows_for
 
 IGNORE = -100
@@ -166,6 +169,26 @@ def test_prompt_masking_interleaved_ignored_rows(reference_ce):
         assert bool((grads[0][ignored] == 0).all())
         if reduction == "none":
             assert bool((loss[ignored] == 0).all()) and bool((loss[~ignored] > 0).all())
+
+
+@pytest.mark.parametrize("api", ["fused", "logits"])
+def test_non_finite_inputs_on_ignored_rows_do_not_leak(reference_ce, api):
+    """Ignored rows are masked, not dropped: a NaN / inf hidden state or logit row there must still
+    give exact zeros for that row and leave every other loss and gradient untouched."""
+    hidden, weight, bias, labels = _inputs(12, 6, 40, seed=24)
+    labels[[2, 5, 9]] = IGNORE
+    tensors = (hidden, weight, bias) if api == "fused" else (hidden @ weight.T + bias,)
+    fn = fused_linear_label_smoothing_ce if api == "fused" else label_smoothing_ce
+    poisoned = [t.clone() for t in tensors]
+    poisoned[0][2] = float("nan")
+    poisoned[0][5] = float("inf")
+    for reduction in ("mean", "none"):
+        grad_output = torch.randn(12) if reduction == "none" else None
+        kwargs = {"label_smoothing": 0.1, "reduction": reduction, "chunk_bytes": 4 * 40 * 4}
+        loss, grads = _run(fn, poisoned, labels, grad_output, **kwargs)
+        ref, ref_grads = _reference(reference_ce, tensors, labels, grad_output, **kwargs)
+        torch.testing.assert_close(loss.double(), ref, **F32)
+        _assert_grads_close(grads, ref_grads, **F32)
 
 
 def test_softcap_applied_exactly_once(reference_ce):
@@ -515,3 +538,118 @@ def test_bad_logits_arguments_raise_value_error_naming_them(case):
     name, call = _bad_logits_calls()[case]
     with pytest.raises(ValueError, match=name):
         call()
+
+
+# --------------------------------------------------------------------------------------------
+# No host syncs in the training path; where label values are checked (docs/loss.md, "Label checks")
+# --------------------------------------------------------------------------------------------
+
+_HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "numpy")
+
+
+class HostRead(AssertionError):
+    """A tensor value was read by the host (a device-to-host sync on a GPU)."""
+
+
+@contextlib.contextmanager
+def _no_host_reads(monkeypatch):
+    """Make every Python-level read of tensor values raise :class:`HostRead`: ``.item()``,
+    ``.tolist()``, ``bool/int/float(t)``, ``nonzero`` and boolean-mask indexing (data-dependent shapes)."""
+
+    def forbid(name):
+        def raiser(*args, **kwargs):
+            raise HostRead(f"Tensor.{name} in the training path")
+
+        return raiser
+
+    getitem = torch.Tensor.__getitem__
+
+    def checked_getitem(self, index):
+        parts = index if isinstance(index, tuple) else (index,)
+        if any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts):
+            raise HostRead("boolean-mask indexing in the training path")
+        return getitem(self, index)
+
+    with monkeypatch.context() as patch:
+        for name in _HOST_READS:
+            patch.setattr(torch.Tensor, name, forbid(name))
+        patch.setattr(torch, "nonzero", forbid("nonzero"))
+        patch.setattr(torch.Tensor, "__getitem__", checked_getitem)
+        yield
+
+
+def _training_step(hidden, weight, labels, num_items):
+    """One forward + backward as ``CalibratedTrainer`` runs it: the armed output layer computes the
+    fused loss (and the SFT trainer's token statistics); the logits fallback uses ``label_smoothing_ce``."""
+    head = install_fused_head(torch.nn.Linear(weight.shape[1], weight.shape[0], bias=True))
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        head.bias.zero_()
+    h = hidden.clone().requires_grad_(True)
+    request = FusedLossRequest(labels=labels, label_smoothing=0.1, num_items_in_batch=num_items, token_stats=True)
+    with armed(head, request):
+        head(h)
+    request.loss.backward()
+    logits = (hidden @ weight.T).requires_grad_(True)
+    fallback = label_smoothing_ce(logits, labels, label_smoothing=0.1, num_items_in_batch=num_items)
+    fallback.backward()
+    return request.loss.detach(), fallback.detach(), h.grad, head.weight.grad, logits.grad
+
+
+@pytest.mark.parametrize("num_items", [None, "tensor"])
+def test_training_path_reads_no_tensor_value_on_the_host(monkeypatch, num_items):
+    """With value checks on the device (as for CUDA tensors, forced on the CPU by
+    HF_CALIB_CHECK_LABELS=0), one training step of the fused loss reads no tensor value on the host:
+    the label check is an asynchronous assert, the mean's denominator stays a tensor, ignored rows
+    are masked instead of selected."""
+    hidden, weight, _, labels = _inputs(2 * 9, 6, 40, 0.4, seed=20)
+    hidden, labels = hidden.reshape(2, 9, 6), labels.reshape(2, 9)
+    n_items = torch.tensor(int((labels != IGNORE).sum()) + 4) if num_items else None
+    expected = _training_step(hidden, weight, labels, n_items)  # CPU default: host checks
+
+    monkeypatch.setenv("HF_CALIB_CHECK_LABELS", "0")
+    with _no_host_reads(monkeypatch):
+        got = _training_step(hidden, weight, labels, n_items)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
+
+    # The guard is not vacuous: the CPU default (exact ValueError for bad labels) reads on the host.
+    monkeypatch.delenv("HF_CALIB_CHECK_LABELS")
+    with _no_host_reads(monkeypatch), pytest.raises(HostRead):
+        _training_step(hidden, weight, labels, n_items)
+
+
+def test_device_side_checks_still_reject_bad_values(monkeypatch):
+    """HF_CALIB_CHECK_LABELS=0 (the path of CUDA tensors and torch.compile) on the CPU: the same
+    conditions fail through torch._assert_async, a RuntimeError with the message."""
+    monkeypatch.setenv("HF_CALIB_CHECK_LABELS", "0")
+    h, w, _, y = _inputs(4, 3, 5, seed=21)
+    with pytest.raises(RuntimeError, match=r"labels must lie in \[0, 5\).*HF_CALIB_CHECK_LABELS=1"):
+        fused_linear_label_smoothing_ce(h, w, torch.tensor([0, 1, 5, 2]))
+    with pytest.raises(RuntimeError, match=r"labels must lie in \[0, 5\)"):
+        label_smoothing_ce(h @ w.T, torch.tensor([0, -1, IGNORE, 2]))
+    for n_items in (0, torch.tensor(0)):
+        with pytest.raises(RuntimeError, match="num_items_in_batch must be positive"):
+            fused_linear_label_smoothing_ce(h, w, y, num_items_in_batch=n_items)
+    # ... and accept what the host checks accept: all labels ignored with a zero count gives 0.
+    ignored = torch.full((4,), IGNORE)
+    assert float(fused_linear_label_smoothing_ce(h, w, ignored, num_items_in_batch=torch.tensor(0))) == 0.0
+
+
+def test_host_side_label_check_lists_the_bad_labels(monkeypatch):
+    h, w, _, _ = _inputs(4, 3, 5, seed=22)
+    for flag in (None, "1"):  # the CPU default, and the debugging switch for other devices
+        if flag is None:
+            monkeypatch.delenv("HF_CALIB_CHECK_LABELS", raising=False)
+        else:
+            monkeypatch.setenv("HF_CALIB_CHECK_LABELS", flag)
+        with pytest.raises(
+            ValueError, match=r"labels must lie in \[0, 5\) or equal ignore_index=-100; found \[7, -3\]"
+        ):
+            fused_linear_label_smoothing_ce(h, w, torch.tensor([0, 7, IGNORE, -3]))
+
+
+def test_num_items_in_batch_tensor_must_hold_one_value():
+    h, w, _, y = _inputs(4, 3, 5, seed=23)
+    with pytest.raises(ValueError, match="num_items_in_batch must be a number or a one-element tensor"):
+        fused_linear_label_smoothing_ce(h, w, y, num_items_in_batch=torch.tensor([3, 4]))

@@ -2,6 +2,22 @@
 
 The math lives in ``hf_calib_kernels`` (the repository's ``kernels/`` folder); this module checks
 arguments, flattens shapes, resolves the denominator of ``reduction="mean"`` and picks a backend.
+
+Nothing here makes the host wait for the device in the training path (a CUDA tensor, or any
+tensor under ``torch.compile``). Checks of the arguments' types, shapes, dtypes and devices are
+host-only. Checks of tensor *values* (labels in ``[0, V)`` or ``ignore_index``; a positive
+``num_items_in_batch`` when some label counts) run:
+
+* on the host, raising ``ValueError`` with the offending labels, when that costs no transfer:
+  eager mode with the labels on the CPU, or eager mode anywhere with ``HF_CALIB_CHECK_LABELS=1``
+  (one device-to-host sync per call: a debugging aid);
+* otherwise (CUDA tensors, anything under ``torch.compile``, or ``HF_CALIB_CHECK_LABELS=0``) on the
+  device with ``torch._assert_async``: no sync; on CUDA a failure is a device-side assert reported
+  at a later synchronization (as for ``F.cross_entropy``), on the CPU a ``RuntimeError`` carrying
+  the message. The kernels clamp targets into ``[0, V)`` so nothing reads outside a row meanwhile.
+
+The ``"mean"`` denominator stays a tensor on the device when it is computed from the labels or
+given as a tensor (``num_items_in_batch`` from Trainer); it is never turned into a Python number.
 """
 
 from __future__ import annotations
@@ -15,6 +31,10 @@ from hf_calib_kernels.ce_torch import label_smoothing_ce_rows as _torch_rows
 
 _REDUCTIONS = ("mean", "sum", "none")
 _BACKENDS = (None, "torch", "triton")
+#: ``1``: check label values on the host, with a ``ValueError`` naming them, on any device (eager
+#: mode only; one device-to-host sync per call). ``0``: check them on the device even for CPU tensors.
+#: Unset: on the host for CPU tensors, on the device otherwise.
+CHECK_LABELS_ENV = "HF_CALIB_CHECK_LABELS"
 
 
 def _triton_rows():
@@ -74,29 +94,72 @@ def _check_common(
         )
     if vocab < 1:
         raise ValueError(f"the vocabulary (number of classes) must be at least 1; got {vocab}.")
-    valid = labels != ignore_index
-    if labels.numel() and bool(((labels < 0) | (labels >= vocab)).logical_and_(valid).any()):
-        bad = labels[valid & ((labels < 0) | (labels >= vocab))][:5].tolist()
-        raise ValueError(
-            f"labels must lie in [0, {vocab}) or equal ignore_index={ignore_index}; found {bad}. "
-            "Mask padding and prompt positions with ignore_index."
-        )
+    _check_label_values(labels, vocab, ignore_index)
 
 
-def _denominator(labels: torch.Tensor, ignore_index: int, reduction: str, num_items_in_batch) -> float:
+def _checks_on_host(t: torch.Tensor) -> bool:
+    """Whether value checks of ``t`` run on the host (exact ``ValueError``) instead of the device:
+    in eager mode, for CPU tensors (no transfer) unless ``HF_CALIB_CHECK_LABELS=0``, and for any
+    tensor with ``HF_CALIB_CHECK_LABELS=1``; never while ``torch.compile`` traces."""
+    if torch.compiler.is_compiling():
+        return False
+    flag = os.environ.get(CHECK_LABELS_ENV, "")
+    return flag == "1" or (flag != "0" and t.device.type == "cpu")
+
+
+def _require(ok: torch.Tensor, on_host: bool, host_message, device_message: str) -> None:
+    """``ok`` (a 0-d bool tensor) must hold: checked now on the host (``ValueError(host_message())``,
+    which may read tensor values), or by an asynchronous device-side assertion (no sync)."""
+    if on_host:
+        if not bool(ok):
+            raise ValueError(host_message())
+    else:
+        torch._assert_async(ok, device_message)
+
+
+def _check_label_values(labels: torch.Tensor, vocab: int, ignore_index: int) -> None:
+    if not labels.numel():
+        return
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab))
+    rule = f"labels must lie in [0, {vocab}) or equal ignore_index={ignore_index}"
+    hint = "Mask padding and prompt positions with ignore_index."
+    _require(
+        ~bad.any(),
+        _checks_on_host(labels),
+        lambda: f"{rule}; found {labels[bad][:5].tolist()}. {hint}",
+        f"{rule}; some are not (set {CHECK_LABELS_ENV}=1 and run eagerly to list them). {hint}",
+    )
+
+
+def _denominator(labels: torch.Tensor, ignore_index: int, reduction: str, num_items_in_batch) -> torch.Tensor | float:
+    """Divisor of ``"mean"``: ``num_items_in_batch`` when given, else the number of non-ignored labels
+    (at least 1). A 0-d float32 tensor on the labels' device unless ``num_items_in_batch`` is a Python
+    number; 1 for the other reductions. Never read back by the host in the training path."""
     if reduction != "mean":
         return 1.0
-    n_valid = int((labels != ignore_index).sum())
+    valid = labels != ignore_index
     if num_items_in_batch is None:
-        return float(max(n_valid, 1))
-    n_items = float(num_items_in_batch.item() if isinstance(num_items_in_batch, torch.Tensor) else num_items_in_batch)
-    if n_items <= 0:
-        if n_valid == 0:
-            return 1.0
-        raise ValueError(
-            f"num_items_in_batch must be positive when labels hold {n_valid} non-ignored tokens; got {n_items}."
-        )
-    return n_items
+        return valid.sum().clamp_(min=1).to(torch.float32)
+    rule = "num_items_in_batch must be positive when some labels are not ignored"
+
+    def require_no_valid_label(positive: torch.Tensor | bool, shown) -> None:
+        # A non-positive count is fine only when every label is ignored (the sum is 0, so is the loss).
+        _require(positive | ~valid.any(), _checks_on_host(labels), lambda: f"{rule}; got {shown()}.", f"{rule}.")
+
+    if isinstance(num_items_in_batch, torch.Tensor):
+        if num_items_in_batch.numel() != 1:
+            raise ValueError(
+                "num_items_in_batch must be a number or a one-element tensor; "
+                f"got shape {tuple(num_items_in_batch.shape)}."
+            )
+        n_items = num_items_in_batch.reshape(()).to(device=labels.device, dtype=torch.float32)
+        positive = n_items > 0
+        require_no_valid_label(positive, lambda: float(n_items))
+        return torch.where(positive, n_items, 1.0)
+    if num_items_in_batch > 0:
+        return float(num_items_in_batch)
+    require_no_valid_label(False, lambda: num_items_in_batch)
+    return 1.0
 
 
 def _run(
@@ -120,12 +183,11 @@ def _run(
         ignore_index=ignore_index,
         label_smoothing=float(label_smoothing),
         reduction=reduction,
-        denominator=_denominator(flat_labels, ignore_index, reduction, num_items_in_batch),
         softcap=None if softcap is None else float(softcap),
         row_kernel=row_kernel,
         chunk_rows=chunk_rows_for(flat_labels.numel(), vocab, chunk_bytes),
     )
-    out = op(flat_labels, settings)
+    out = op(flat_labels, settings, _denominator(flat_labels, ignore_index, reduction, num_items_in_batch))
     return out.reshape(labels.shape) if reduction == "none" else out
 
 
@@ -202,7 +264,9 @@ def fused_linear_label_smoothing_ce(
         reduction=reduction, softcap=softcap,
     )  # fmt: skip
     return _run(
-        lambda flat_labels, settings: fused_linear_ce(hidden.reshape(-1, width), weight, bias, flat_labels, settings),
+        lambda flat_labels, settings, denominator: fused_linear_ce(
+            hidden.reshape(-1, width), weight, bias, flat_labels, settings, denominator
+        ),
         labels, vocab, hidden.device,
         ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
         num_items_in_batch=num_items_in_batch, softcap=softcap, backend=backend, chunk_bytes=chunk_bytes,
@@ -241,7 +305,9 @@ def label_smoothing_ce(
         reduction=reduction, softcap=softcap,
     )  # fmt: skip
     return _run(
-        lambda flat_labels, settings: label_smoothing_ce_from_logits(logits.reshape(-1, vocab), flat_labels, settings),
+        lambda flat_labels, settings, denominator: label_smoothing_ce_from_logits(
+            logits.reshape(-1, vocab), flat_labels, settings, denominator
+        ),
         labels, vocab, logits.device,
         ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
         num_items_in_batch=num_items_in_batch, softcap=softcap, backend=backend, chunk_bytes=chunk_bytes,

@@ -162,10 +162,12 @@ def shift_causal_labels(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) 
     return F.pad(labels, (0, 1), value=ignore_index)[..., 1:].contiguous()
 
 
-def _chunk_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _chunk_stats(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entropy and top-1 hits of ``logits [n, V]`` summed over the rows where ``valid [n]`` holds (a
+    masked sum, not a selection: no data-dependent shape, no host sync; other rows may be garbage)."""
     logp = torch.log_softmax(logits.float(), dim=-1)
-    entropy = -(logp.exp() * logp).sum(-1)
-    correct = logits.argmax(-1) == labels
+    entropy = torch.where(valid, -(logp.exp() * logp).sum(-1), 0.0)
+    correct = (logits.argmax(-1) == labels) & valid
     return entropy.sum(), correct.sum().float()
 
 
@@ -180,22 +182,25 @@ def token_stats(
     ignore_index: int = IGNORE_INDEX,
 ) -> TokenStats:
     """Entropy ``-sum_v p_v log p_v`` and top-1 hits of ``softcap(hidden @ weight.T + bias)`` summed
-    over the non-ignored rows, one chunk of logits at a time (``hidden [..., H]``, ``labels [...]``)."""
+    over the non-ignored rows, one chunk of logits at a time (``hidden [..., H]``, ``labels [...]``).
+
+    Runs in the training step (SFT metrics), so, like the loss, it walks every row in fixed chunks
+    and masks the ignored ones instead of selecting the valid ones: no device-to-host sync."""
     flat_h = hidden.reshape(-1, hidden.shape[-1])
     flat_y = labels.reshape(-1)
-    rows = (flat_y != ignore_index).nonzero().squeeze(1)
+    valid = flat_y != ignore_index
+    n_rows = flat_y.shape[0]
     entropy_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
     n_correct = torch.zeros((), dtype=torch.float32, device=hidden.device)
-    step = chunk_rows_for(max(rows.numel(), 1), weight.shape[0])
-    for start in range(0, rows.numel(), step):
-        idx = rows[start : start + step]
-        logits = F.linear(flat_h.index_select(0, idx), weight, bias).float()
+    step = chunk_rows_for(max(n_rows, 1), weight.shape[0])
+    for start in range(0, n_rows, step):
+        logits = F.linear(flat_h[start : start + step], weight, bias).float()
         if softcap is not None:
             logits = softcap * torch.tanh(logits / softcap)
-        ent, hits = _chunk_stats(logits, flat_y.index_select(0, idx))
+        ent, hits = _chunk_stats(logits, flat_y[start : start + step], valid[start : start + step])
         entropy_sum += ent
         n_correct += hits
-    return TokenStats(torch.tensor(float(rows.numel()), device=hidden.device), entropy_sum, n_correct)
+    return TokenStats(valid.sum().float(), entropy_sum, n_correct)
 
 
 @torch.no_grad()
@@ -221,10 +226,9 @@ def calibration_rows(
 def token_stats_from_logits(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> TokenStats:
     """:class:`TokenStats` of full ``logits [..., V]`` against ``labels [...]``."""
     flat_y = labels.reshape(-1).to(logits.device)
-    rows = (flat_y != ignore_index).nonzero().squeeze(1)
-    flat = logits.reshape(-1, logits.shape[-1]).index_select(0, rows)
-    entropy_sum, n_correct = _chunk_stats(flat, flat_y.index_select(0, rows))
-    return TokenStats(torch.tensor(float(rows.numel()), device=logits.device), entropy_sum, n_correct)
+    valid = flat_y != ignore_index
+    entropy_sum, n_correct = _chunk_stats(logits.reshape(-1, logits.shape[-1]), flat_y, valid)
+    return TokenStats(valid.sum().float(), entropy_sum, n_correct)
 
 
 @dataclasses.dataclass
