@@ -73,7 +73,8 @@ class CalibratedSFTTrainer(BundlePushMixin, CalibratedLossMixin, SFTTrainer):
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def _calib_after_loss(self, inputs: dict[str, Any], stats: TokenStats | None) -> None:
-        """Record TRL's ``entropy``, ``mean_token_accuracy`` and ``num_tokens`` metrics."""
+        """Record TRL's ``entropy``, ``mean_token_accuracy`` and ``num_tokens`` metrics, as device tensors: they
+        become numbers once per logging step (:meth:`log`), not once per step."""
         mode = "train" if self.model.training else "eval"
         metrics = self._metrics[mode]
         if stats is not None:
@@ -81,8 +82,10 @@ class CalibratedSFTTrainer(BundlePushMixin, CalibratedLossMixin, SFTTrainer):
             n_valid = gather(stats.n_valid).sum()
             entropy_sum = gather(stats.entropy_sum).sum()
             n_correct = gather(stats.n_correct).sum()
-            metrics["entropy"].append((entropy_sum / n_valid).item() if n_valid > 0 else 0.0)
-            metrics["mean_token_accuracy"].append((n_correct / n_valid).item() if n_valid > 0 else 0.0)
+            safe = n_valid.clamp(min=1)
+            zero = torch.zeros((), dtype=torch.float32, device=n_valid.device)
+            metrics["entropy"].append(torch.where(n_valid > 0, entropy_sum / safe, zero).detach())
+            metrics["mean_token_accuracy"].append(torch.where(n_valid > 0, n_correct / safe, zero).detach())
         if mode == "train":
             if inputs.get("attention_mask") is not None:
                 local = inputs["attention_mask"].sum()
@@ -90,6 +93,22 @@ class CalibratedSFTTrainer(BundlePushMixin, CalibratedLossMixin, SFTTrainer):
                 local = torch.tensor(inputs["position_ids"].size(1), device=inputs["position_ids"].device)
             else:
                 raise ValueError("Expected 'attention_mask' or 'position_ids' in inputs.")
-            tokens = self.accelerator.gather_for_metrics(local).sum().item()
-            self._total_train_tokens += tokens // getattr(self, "_tp_size", 1)
-        metrics["num_tokens"] = [self._total_train_tokens]
+            tokens = self.accelerator.gather_for_metrics(local).sum()
+            pending = getattr(self, "_calib_pending_tokens", None)
+            self._calib_pending_tokens = tokens if pending is None else pending + tokens
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """TRL's ``log`` after turning this interval's tensor metrics into numbers (one host sync per log)."""
+        pending = getattr(self, "_calib_pending_tokens", None)
+        if pending is not None:
+            self._total_train_tokens += int(pending.item()) // getattr(self, "_tp_size", 1)
+            self._calib_pending_tokens = None
+        for mode in ("train", "eval"):
+            metrics = self._metrics[mode]
+            for key in ("entropy", "mean_token_accuracy"):
+                values = metrics.get(key)
+                if values and isinstance(values[0], torch.Tensor):
+                    metrics[key] = torch.stack(values).float().cpu().tolist()
+            if mode == "train" or metrics:
+                metrics["num_tokens"] = [self._total_train_tokens]
+        super().log(logs, start_time)
