@@ -72,29 +72,26 @@ class SFTRunArguments:
     )
 
 
-class _Parser:
-    """HfArgumentParser with one-line errors (``hf-calib sft: error: ...``, exit code 2)."""
+def _build_parser() -> tuple[Any, tuple[type, ...]]:
+    """HfArgumentParser with one-line errors (``hf-calib sft: error: ...``, exit code 2), and its dataclasses."""
+    from transformers import HfArgumentParser
 
-    @staticmethod
-    def build() -> Any:
-        from transformers import HfArgumentParser
+    from ..trainer import CalibratedTrainingArguments
 
-        from ..trainer import CalibratedTrainingArguments
+    class Parser(HfArgumentParser):
+        def error(self, message: str) -> None:  # type: ignore[override]
+            self.exit(2, f"hf-calib sft: error: {message} (see 'hf-calib sft --help')\n")
 
-        class Parser(HfArgumentParser):
-            def error(self, message: str) -> None:  # type: ignore[override]
-                self.exit(2, f"hf-calib sft: error: {message} (see 'hf-calib sft --help')\n")
-
-        parser = Parser(
-            (SFTRunArguments, CalibratedTrainingArguments),
-            prog="hf-calib sft",
-            description="LoRA fine-tuning of a causal LM on chats with fused label smoothing (CalibratedTrainer); "
-            "every TrainingArguments flag works. Older aliases: "
-            + ", ".join(f"{old} = {new}" for old, new in LEGACY_FLAGS.items())
-            + ".",
-        )
-        parser.set_defaults(**DEFAULTS)
-        return parser, (SFTRunArguments, CalibratedTrainingArguments)
+    parser = Parser(
+        (SFTRunArguments, CalibratedTrainingArguments),
+        prog="hf-calib sft",
+        description="LoRA fine-tuning of a causal LM on chats with fused label smoothing (CalibratedTrainer); "
+        "every TrainingArguments flag works. Older aliases: "
+        + ", ".join(f"{old} = {new}" for old, new in LEGACY_FLAGS.items())
+        + ".",
+    )
+    parser.set_defaults(**DEFAULTS)
+    return parser, (SFTRunArguments, CalibratedTrainingArguments)
 
 
 def _modern(arg: str) -> str:
@@ -123,9 +120,7 @@ def _read_config(path: Path, known: set[str]) -> dict[str, Any]:
             import yaml
 
             values = yaml.safe_load(text)
-    except ValueError as exc:  # json.JSONDecodeError and yaml.YAMLError's parse errors
-        raise UsageError(f"--config {str(path)!r} does not parse: {' '.join(str(exc).split())}") from None
-    except Exception as exc:  # noqa: BLE001 - yaml.YAMLError is not a ValueError
+    except Exception as exc:  # noqa: BLE001 - json.JSONDecodeError is a ValueError, yaml.YAMLError is not
         raise UsageError(f"--config {str(path)!r} does not parse: {' '.join(str(exc).split())}") from None
     if not isinstance(values, dict):
         raise UsageError(f"--config {str(path)!r} must hold a mapping of flag names to values.")
@@ -164,7 +159,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     Raises :class:`UsageError` for a mistake found after parsing; argparse's own errors exit with code 2.
     """
     argv = [_modern(arg) for arg in argv]
-    parser, argument_types = _Parser.build()
+    parser, argument_types = _build_parser()
     config = _config_file(argv)
     if config is not None:
         known = {f.name for dtype in argument_types for f in dataclasses.fields(dtype)}

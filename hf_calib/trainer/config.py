@@ -162,10 +162,8 @@ class CalibrationArguments:
         prefixes = [spec.prefix for spec in specs if spec.prefix]
         if len(set(prefixes)) != len(prefixes):
             raise ValueError(f"multiple_choice: each set needs its own prefix; got {prefixes}.")
-        for name in ("card_datasets",):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                setattr(self, name, [value])
+        if isinstance(self.card_datasets, str):
+            self.card_datasets = [self.card_datasets]
 
     def token_calibration_config(self) -> TokenCalibrationConfig | None:
         """The token calibration these arguments ask for (None when ``calibration_metrics`` is off)."""
