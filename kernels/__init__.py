@@ -10,17 +10,24 @@ from .fused_linear import (
     CESettings,
     FusedLinearLabelSmoothingCE,
     chunk_rows_for,
+    default_chunk_rows,
     fused_linear_ce,
 )
 from .logits_ce import LabelSmoothingCE, label_smoothing_ce_from_logits
+from .row_stats import N_STATS, STAT_NAMES, RowStats, split_row_stats
 
 __all__ = [
     "CESettings",
     "DEFAULT_CHUNK_BYTES",
     "FusedLinearLabelSmoothingCE",
     "LabelSmoothingCE",
+    "N_STATS",
+    "RowStats",
+    "STAT_NAMES",
     "chunk_rows_for",
+    "default_chunk_rows",
     "fused_linear_ce",
+    "split_row_stats",
     "label_smoothing_ce_from_logits",
     "label_smoothing_ce_rows_torch",
 ]

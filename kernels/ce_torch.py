@@ -13,11 +13,37 @@ smoothing ``eps`` and vocabulary size ``V``::
 
 The smoothing mass is spread over all ``V`` classes, target included, exactly as
 ``torch.nn.functional.cross_entropy(label_smoothing=eps)``.
+
+With ``stats=True`` the same pass also returns the row statistics of :mod:`row_stats` (confidence,
+correctness, NLL, entropy, Brier): the exponentials are taken in column blocks that also add up
+``sum_v e_v (z_v - m)`` and ``sum_v e_v^2``, so the only extra memory is one ``[C, block]`` temporary and the
+loss and gradient are bit for bit those computed without statistics.
 """
 
 from __future__ import annotations
 
 import torch
+
+from .row_stats import stats_from_sums
+
+#: Columns per block when the exponentials also feed the row statistics.
+STATS_BLOCK = 8192
+
+
+def _exp_with_moments_(shifted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Overwrite ``shifted = z - m`` with ``e = exp(z - m)`` block by block; return ``(sum_v e_v (z_v - m),
+    sum_v e_v^2)`` per row. A ``-inf`` logit has ``e = 0`` and adds 0 (not ``0 * -inf``)."""
+    n_rows, vocab = shifted.shape
+    sum_ez = shifted.new_zeros(n_rows)
+    sum_e2 = shifted.new_zeros(n_rows)
+    lowest = torch.finfo(shifted.dtype).min
+    for start in range(0, vocab, STATS_BLOCK):
+        block = shifted[:, start : start + STATS_BLOCK]
+        e = torch.exp(block)
+        sum_ez += torch.linalg.vecdot(e, block.clamp(min=lowest))
+        sum_e2 += torch.linalg.vecdot(e, e)
+        block.copy_(e)
+    return sum_ez, sum_e2
 
 
 def label_smoothing_ce_rows(
@@ -27,8 +53,9 @@ def label_smoothing_ce_rows(
     label_smoothing: float,
     softcap: float | None,
     grad_scale: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Loss (and optionally its gradient) for a chunk of rows, computed in place.
+    stats: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Loss (and optionally its gradient and row statistics) for a chunk of rows, computed in place.
 
     Args:
         logits: ``[C, V]`` float32, contiguous. Raw logits (before the soft cap). The buffer is
@@ -39,10 +66,11 @@ def label_smoothing_ce_rows(
         softcap: soft-cap value ``c`` or ``None``.
         grad_scale: ``[C]`` float32 per-row factors applied to the gradient, or ``None`` to skip
             the gradient entirely.
+        stats: also return the ``[C, 5]`` float32 row statistics of :mod:`row_stats`.
 
     Returns:
-        ``(loss [C] float32, grad [C, V] float32 or None)`` where ``grad`` is
-        ``grad_scale[:, None] * dloss/draw``.
+        ``(loss [C] float32, grad [C, V] float32 or None, stats [C, 5] float32 or None)`` where ``grad``
+        is ``grad_scale[:, None] * dloss/draw``.
     """
     n_rows, vocab = logits.shape
     eps = float(label_smoothing)
@@ -58,17 +86,26 @@ def label_smoothing_ce_rows(
 
     z_target = z[rows, labels]
     z_sum = z.sum(dim=1) if eps > 0.0 else None
-    row_max = z.amax(dim=1, keepdim=True)
-    exp_z = z.sub_(row_max).exp_()  # z is consumed here
+    if stats:
+        row_max, argmax = z.max(dim=1, keepdim=True)
+        exp_z = z.sub_(row_max)  # z is consumed here
+        sum_ez, sum_e2 = _exp_with_moments_(exp_z)
+    else:
+        row_max = z.amax(dim=1, keepdim=True)
+        exp_z = z.sub_(row_max).exp_()  # z is consumed here
     sum_exp = exp_z.sum(dim=1, keepdim=True)
     lse = (row_max + sum_exp.log()).squeeze(1)
 
     loss = lse - (1.0 - eps) * z_target
     if z_sum is not None:
         loss = loss - (eps / vocab) * z_sum
+    row_stats = None
+    if stats:
+        correct = argmax.squeeze(1) == labels
+        row_stats = stats_from_sums(sum_exp.squeeze(1), sum_ez, sum_e2, lse - z_target, correct)
 
     if grad_scale is None:
-        return loss, None
+        return loss, None, row_stats
 
     scale = grad_scale.to(torch.float32).unsqueeze(1)
     grad = exp_z.mul_(scale / sum_exp)  # scale * softmax
@@ -77,4 +114,4 @@ def label_smoothing_ce_rows(
     grad[rows, labels] -= scale.squeeze(1) * (1.0 - eps)
     if tanh_raw is not None:
         grad.mul_(tanh_raw.square_().neg_().add_(1.0))
-    return loss, grad
+    return loss, grad, row_stats

@@ -16,7 +16,15 @@ its vocabulary in blocks of ``BLOCK_V`` columns, twice at most:
       grad_v = scale * (exp(z_v - lse) - eps / V - (1 - eps) * [v == y]) * dz_v/draw_v
 
 With a soft cap ``c``, ``z = c * tanh(raw / c)`` and ``dz/draw = 1 - tanh(raw / c)^2``; the cap is
-applied once, to the raw logits, in both passes. Columns past ``V`` in the last block are masked
+applied once, to the raw logits, in both passes.
+
+With ``HAS_STATS``, pass 1 also keeps the running argmax (first index of the maximum), ``sum_v e_v (z_v - m)``
+and ``sum_v e_v^2`` (``e_v = exp(z_v - m)``), rescaled with ``m`` like ``s``::
+
+    sum e (z - m')  =  a * (sum e (z - m) + (m - m') * s)     sum e^2  ->  a^2 * sum e^2     a = exp(m - m')
+
+and writes the row statistics of :mod:`row_stats` (confidence, correctness, NLL, entropy, Brier) from them.
+The loss and gradient do not change. Columns past ``V`` in the last block are masked
 out of the max, the sum of exponentials and the smoothing sum. All arithmetic is float32.
 
 Tensors on the CPU work only under the Triton interpreter (``TRITON_INTERPRET=1`` set before this
@@ -66,6 +74,7 @@ def _label_smoothing_ce_rows_kernel(
     labels_ptr,
     grad_scale_ptr,
     loss_ptr,
+    stats_ptr,
     stride_row,
     vocab,
     eps_over_v,
@@ -74,6 +83,7 @@ def _label_smoothing_ce_rows_kernel(
     HAS_SOFTCAP: tl.constexpr,
     HAS_SMOOTHING: tl.constexpr,
     HAS_GRAD: tl.constexpr,
+    HAS_STATS: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -90,6 +100,9 @@ def _label_smoothing_ce_rows_kernel(
     run_max = -float("inf")
     run_sum = 0.0
     z_sum = 0.0
+    run_ez = 0.0  # sum_v e_v (z_v - run_max)      (HAS_STATS only)
+    run_e2 = 0.0  # sum_v e_v^2
+    run_arg = 0  # first index of run_max
     for start in range(0, vocab, BLOCK_V):
         offs = start + cols
         mask = offs < vocab
@@ -100,10 +113,21 @@ def _label_smoothing_ce_rows_kernel(
             z = raw
         # Masked lanes are -inf for the max / exp and 0 for the smoothing sum, never both.
         z_for_max = tl.where(mask, z, -float("inf"))
-        new_max = tl.maximum(run_max, tl.max(z_for_max, axis=0))
+        block_max = tl.max(z_for_max, axis=0)
+        new_max = tl.maximum(run_max, block_max)
         # While every logit seen so far is -inf, shift by 0 instead: exp(-inf - -inf) would be NaN.
         shift = tl.where(new_max == -float("inf"), 0.0, new_max)
-        run_sum = run_sum * tl.exp(run_max - shift) + tl.sum(tl.exp(z_for_max - shift), axis=0)
+        e = tl.exp(z_for_max - shift)
+        if HAS_STATS:
+            # (run_max - shift) * run_sum is 0 * -inf = NaN before the first finite logit: use 0 then.
+            delta = tl.where(run_max == -float("inf"), 0.0, run_max - shift)
+            alpha = tl.exp(delta)
+            e_shifted = tl.where(e > 0.0, e * (z_for_max - shift), 0.0)
+            run_ez = alpha * (run_ez + delta * run_sum) + tl.sum(e_shifted, axis=0)
+            run_e2 = alpha * alpha * run_e2 + tl.sum(e * e, axis=0)
+            block_arg = tl.argmax(z_for_max, axis=0) + start
+            run_arg = tl.where(block_max > run_max, block_arg, run_arg)
+        run_sum = run_sum * tl.exp(run_max - shift) + tl.sum(e, axis=0)
         run_max = new_max
         if HAS_SMOOTHING:
             z_sum += tl.sum(tl.where(mask, z, 0.0), axis=0)
@@ -113,6 +137,16 @@ def _label_smoothing_ce_rows_kernel(
     if HAS_SMOOTHING:
         loss -= eps_over_v * z_sum
     tl.store(loss_ptr + row, loss)
+    if HAS_STATS:
+        nll = lse - z_target
+        inv = 1.0 / run_sum
+        brier = tl.maximum(run_e2 * inv * inv - 2.0 * tl.exp(-nll) + 1.0, 0.0)
+        out = stats_ptr + row * 5
+        tl.store(out, inv)
+        tl.store(out + 1, tl.where(run_arg == target, 1.0, 0.0))
+        tl.store(out + 2, nll)
+        tl.store(out + 3, tl.log(run_sum) - run_ez * inv)
+        tl.store(out + 4, brier)
 
     if HAS_GRAD:
         scale = tl.load(grad_scale_ptr + row).to(tl.float32)
@@ -150,17 +184,20 @@ def _launch(
     label_smoothing: float,
     softcap: float | None,
     block_v: int,
-) -> torch.Tensor:
+    stats: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the kernel on contiguous ``logits [C, V]`` (overwritten with the gradient when
-    ``grad_scale`` is given); returns the ``[C]`` losses.
+    ``grad_scale`` is given); returns the ``[C]`` losses and the ``[C, 5]`` row statistics (``[0, 5]``
+    without ``stats``).
 
     A custom operator, so ``torch.compile`` keeps the launch as one opaque node (with the fake
     implementation below for shapes) instead of tracing Triton's launcher or the interpreter.
     """
     n_rows, vocab = logits.shape
     loss = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
+    row_stats = torch.empty((n_rows if stats else 0, 5), dtype=torch.float32, device=logits.device)
     if n_rows == 0:
-        return loss
+        return loss, row_stats
     eps = float(label_smoothing)
     # Triton launches on the current CUDA device; the lm_head may sit elsewhere (device_map="auto").
     device_guard = torch.cuda.device(logits.device) if logits.device.type == "cuda" else contextlib.nullcontext()
@@ -170,6 +207,7 @@ def _launch(
             labels,
             loss if grad_scale is None else grad_scale,
             loss,
+            row_stats if stats else loss,
             logits.stride(0),
             vocab,
             eps / vocab,
@@ -178,15 +216,17 @@ def _launch(
             HAS_SOFTCAP=softcap is not None,
             HAS_SMOOTHING=eps > 0.0,
             HAS_GRAD=grad_scale is not None,
+            HAS_STATS=stats,
             BLOCK_V=block_v,
             num_warps=8 if block_v >= 2048 else 4,
         )
-    return loss
+    return loss, row_stats
 
 
 @_launch.register_fake
-def _launch_fake(logits, labels, grad_scale, label_smoothing, softcap, block_v):
-    return logits.new_empty(logits.shape[0], dtype=torch.float32)
+def _launch_fake(logits, labels, grad_scale, label_smoothing, softcap, block_v, stats):
+    n_rows = logits.shape[0]
+    return logits.new_empty(n_rows, dtype=torch.float32), logits.new_empty((n_rows if stats else 0, 5))
 
 
 def label_smoothing_ce_rows(
@@ -197,7 +237,8 @@ def label_smoothing_ce_rows(
     softcap: float | None,
     grad_scale: torch.Tensor | None,
     block_v: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    stats: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Loss (and optionally its gradient) for a chunk of rows; the contract of
     :func:`hf_calib_kernels.ce_torch.label_smoothing_ce_rows`.
 
@@ -210,9 +251,10 @@ def label_smoothing_ce_rows(
         grad_scale: ``[C]`` per-row gradient factors, or ``None`` to skip the gradient.
         block_v: columns per block (a power of two); default ``min(next_pow2(V), 4096)`` on the
             GPU and at most 1024 under the interpreter.
+        stats: also return the ``[C, 5]`` float32 row statistics (:mod:`row_stats`).
 
     Returns:
-        ``(loss [C] float32, grad [C, V] float32 or None)`` with
+        ``(loss [C] float32, grad [C, V] float32 or None, stats [C, 5] float32 or None)`` with
         ``grad = grad_scale[:, None] * dloss/draw``.
     """
     vocab = logits.shape[1]
@@ -227,5 +269,5 @@ def label_smoothing_ce_rows(
     if want_grad:
         grad_scale = grad_scale.to(device=logits.device, dtype=torch.float32).contiguous()
     cap = None if softcap is None else float(softcap)
-    loss = _launch(logits, labels.contiguous(), grad_scale, float(label_smoothing), cap, block)
-    return loss, logits if want_grad else None
+    loss, row_stats = _launch(logits, labels.contiguous(), grad_scale, float(label_smoothing), cap, block, bool(stats))
+    return loss, logits if want_grad else None, row_stats if stats else None

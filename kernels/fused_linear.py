@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .row_stats import N_STATS
+
 RowKernel = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 
 
@@ -48,6 +50,8 @@ class CESettings:
         softcap: ``c * tanh(z / c)`` applied to the logits first, or None.
         row_kernel: the per-row loss / gradient kernel (torch or Triton).
         chunk_rows: rows of logits materialized at a time.
+        row_stats: also return the ``[N, 5]`` row statistics of :mod:`row_stats` (confidence,
+            correctness, NLL, entropy, Brier) from the same softmax; ignored rows hold values of no meaning.
 
     The denominator of ``"mean"`` is not a setting but an argument of :func:`fused_linear_ce` and
     :func:`~hf_calib_kernels.logits_ce.label_smoothing_ce_from_logits`: it may be a device tensor.
@@ -59,10 +63,17 @@ class CESettings:
     softcap: float | None
     row_kernel: RowKernel
     chunk_rows: int
+    row_stats: bool = False
 
 
 #: Default size of one chunk of float32 logits. Peak extra memory is a small multiple of it.
 DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024
+
+
+#: The default chunk is a fraction ``1 / CHUNK_FRACTION`` of the ``[N, V]`` float32 logits, within
+#: ``[MIN_CHUNK_BYTES, DEFAULT_CHUNK_BYTES]`` (see :func:`default_chunk_rows`).
+CHUNK_FRACTION = 16
+MIN_CHUNK_BYTES = 32 * 1024 * 1024
 
 
 def chunk_rows_for(n_rows: int, vocab: int, chunk_bytes: int | None = None) -> int:
@@ -70,6 +81,23 @@ def chunk_rows_for(n_rows: int, vocab: int, chunk_bytes: int | None = None) -> i
     budget = DEFAULT_CHUNK_BYTES if chunk_bytes is None else int(chunk_bytes)
     rows = max(1, budget // (4 * max(vocab, 1)))
     return max(1, min(rows, n_rows))
+
+
+def default_chunk_rows(n_rows: int, vocab: int, hidden_size: int = 0, chunk_bytes: int | None = None) -> int:
+    """Rows per chunk of the loss: ``chunk_bytes`` when given, else a chunk of
+    ``N * V * 4 / CHUNK_FRACTION`` bytes clamped to ``[MIN_CHUNK_BYTES, DEFAULT_CHUNK_BYTES]``.
+
+    The loss's working memory beyond its gradients is about one chunk, whereas ``LabelSmoother``'s grows
+    with ``N * V`` (about four ``[N, V]`` float32 buffers), so a chunk proportional to ``N * V`` keeps the
+    ratio small at every size; the bounds keep chunks tall enough for an efficient matmul and cap the
+    memory at large ``N``. ``hidden_size`` is accepted for rules that depend on it (the measured sweep in
+    ``docs/benchmarks.md`` found none needed).
+    """
+    if chunk_bytes is not None:
+        return chunk_rows_for(n_rows, vocab, chunk_bytes)
+    budget = n_rows * max(vocab, 1) * 4 // CHUNK_FRACTION
+    budget = min(max(budget, MIN_CHUNK_BYTES), DEFAULT_CHUNK_BYTES)
+    return chunk_rows_for(n_rows, vocab, budget)
 
 
 def loss_scale(reduction: str, denominator: torch.Tensor | float, device: torch.device) -> torch.Tensor:
@@ -128,8 +156,10 @@ def _run_chunks(
     grad_hidden: torch.Tensor | None,
     grad_weight: torch.Tensor | None,
     grad_bias: torch.Tensor | None,
+    stats_out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Loss of every row (float32 ``[N]``, exactly 0 where the label is ignored), accumulating gradients.
+    """Loss of every row (float32 ``[N]``, exactly 0 where the label is ignored), accumulating gradients
+    and, into ``stats_out [N, 5]`` when given, the row statistics.
 
     ``grad_scale [N]`` must already be 0 on the ignored rows.
     """
@@ -143,18 +173,21 @@ def _run_chunks(
         # Zero hidden states on ignored rows: finite logits, so 0 * gradient is exactly 0 there.
         h_c = torch.where(valid.unsqueeze(1), hidden[start:stop], 0)
         logits = _chunk_logits(h_c, weight, bias)
-        loss_c, dlogits = settings.row_kernel(
+        loss_c, dlogits, stats_c = settings.row_kernel(
             logits,
             chunk_targets(labels_c, valid, vocab),
             label_smoothing=settings.label_smoothing,
             softcap=settings.softcap,
             grad_scale=None if grad_scale is None else grad_scale[start:stop],
+            stats=stats_out is not None,
         )
         losses[start:stop] = torch.where(valid, loss_c, 0.0)
+        if stats_out is not None:
+            stats_out[start:stop] = stats_c
         if dlogits is not None:
             _accumulate_grads(dlogits, h_c, start, weight, grad_hidden, grad_weight, grad_bias)
         # Free this chunk before the next one is allocated: peak extra memory is one chunk, not two.
-        del logits, dlogits
+        del logits, dlogits, stats_c
     return losses
 
 
@@ -175,6 +208,20 @@ def _grad_buffers(hidden, weight, bias, needs):
     )
 
 
+def _stats_buffer(hidden: torch.Tensor, settings: CESettings) -> torch.Tensor | None:
+    if not settings.row_stats:
+        return None
+    return torch.empty((hidden.shape[0], N_STATS), dtype=torch.float32, device=hidden.device)
+
+
+def _with_stats(ctx, out: torch.Tensor, stats: torch.Tensor | None):
+    """``out``, or ``(out, stats)`` with the statistics marked as having no gradient."""
+    if stats is None:
+        return out
+    ctx.mark_non_differentiable(stats)
+    return out, stats
+
+
 class FusedLinearLabelSmoothingCE(torch.autograd.Function):
     """Autograd glue; see the module docstring. Inputs are already validated and flattened;
     ``scale`` is the float32 0-d tensor of :func:`loss_scale`."""
@@ -192,19 +239,22 @@ class FusedLinearLabelSmoothingCE(torch.autograd.Function):
         needs = ctx.needs_input_grad[:3]
         ctx.reduction = settings.reduction
         ctx.settings = settings
+        stats = _stats_buffer(hidden, settings)
         if settings.reduction == "none":
             ctx.grads = None
             ctx.save_for_backward(hidden, weight, bias, labels, scale)
-            return _run_chunks(
+            losses = _run_chunks(
                 hidden, weight, bias, labels, settings,
-                grad_scale=None, grad_hidden=None, grad_weight=None, grad_bias=None,
+                grad_scale=None, grad_hidden=None, grad_weight=None, grad_bias=None, stats_out=stats,
             )  # fmt: skip
+            return _with_stats(ctx, losses, stats)
 
         grad_hidden, grad_weight, grad_bias = _grad_buffers(hidden, weight, bias, needs)
         grad_scale = valid_scale(labels, settings.ignore_index, scale) if any(needs) else None
         losses = _run_chunks(
             hidden, weight, bias, labels, settings,
             grad_scale=grad_scale, grad_hidden=grad_hidden, grad_weight=grad_weight, grad_bias=grad_bias,
+            stats_out=stats,
         )  # fmt: skip
         ctx.grads = (
             grad_hidden,
@@ -213,10 +263,10 @@ class FusedLinearLabelSmoothingCE(torch.autograd.Function):
         )
         # Only for a second backward (retain_graph=True), which recomputes the gradients.
         ctx.save_for_backward(hidden, weight, bias, labels, scale)
-        return losses.sum() * scale
+        return _with_stats(ctx, losses.sum() * scale, stats)
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
+    def backward(ctx, grad_output: torch.Tensor, *_stats_grad: torch.Tensor):
         if ctx.reduction != "none" and ctx.grads is not None:
             # Hand the stored gradients over and drop ctx's reference: autograd then adopts them as
             # `.grad` instead of copying them (grad_weight is [V, H]).
@@ -254,18 +304,20 @@ def fused_linear_ce(
     labels: torch.Tensor,
     settings: CESettings,
     denominator: torch.Tensor | float = 1.0,
-) -> torch.Tensor:
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Run the fused loss on flattened, validated inputs (``hidden [N, H]``, ``labels [N]``).
 
     Returns a float32 scalar (``"mean"``: sum / ``denominator``, a number or a 0-d tensor that may
-    live on the device; ``"sum"``) or ``[N]`` losses.
+    live on the device; ``"sum"``) or ``[N]`` losses; with ``settings.row_stats``, ``(loss, stats [N, 5])``.
     """
     scale = loss_scale(settings.reduction, denominator, hidden.device)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
     if not needs_grad:
+        stats = _stats_buffer(hidden, settings)
         losses = _run_chunks(
             hidden, weight, bias, labels, settings,
-            grad_scale=None, grad_hidden=None, grad_weight=None, grad_bias=None,
+            grad_scale=None, grad_hidden=None, grad_weight=None, grad_bias=None, stats_out=stats,
         )  # fmt: skip
-        return losses if settings.reduction == "none" else losses.sum() * scale
+        out = losses if settings.reduction == "none" else losses.sum() * scale
+        return out if stats is None else (out, stats)
     return FusedLinearLabelSmoothingCE.apply(hidden, weight, bias, labels, scale, settings)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .fused_linear import CESettings, chunk_targets, loss_scale, valid_scale
+from .row_stats import N_STATS
 
 
 class LabelSmoothingCE(torch.autograd.Function):
@@ -30,6 +31,9 @@ class LabelSmoothingCE(torch.autograd.Function):
         # Every row is written below (ignored ones with exact zeros), so no zero fill is needed.
         grad_logits = torch.empty_like(logits) if want_grad else None
         losses = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
+        stats = (
+            torch.empty((n_rows, N_STATS), dtype=torch.float32, device=logits.device) if settings.row_stats else None
+        )
         for start in range(0, n_rows, chunk_rows):
             stop = min(start + chunk_rows, n_rows)
             labels_c = labels[start:stop]
@@ -37,25 +41,30 @@ class LabelSmoothingCE(torch.autograd.Function):
             # A float32 copy (the row kernel overwrites it) with ignored rows zeroed: finite, so
             # their zero gradient factor gives exact zeros.
             z = logits[start:stop].to(torch.float32, copy=True).masked_fill_(~valid.unsqueeze(1), 0.0)
-            loss_c, dlogits = settings.row_kernel(
+            loss_c, dlogits, stats_c = settings.row_kernel(
                 z,
                 chunk_targets(labels_c, valid, vocab),
                 label_smoothing=settings.label_smoothing,
                 softcap=settings.softcap,
                 grad_scale=None if grad_scale is None else grad_scale[start:stop],
+                stats=stats is not None,
             )
             losses[start:stop] = torch.where(valid, loss_c, 0.0)
+            if stats is not None:
+                stats[start:stop] = stats_c
             if dlogits is not None:
                 grad_logits[start:stop] = dlogits.to(logits.dtype)
-            del z, dlogits
+            del z, dlogits, stats_c
         ctx.reduction = settings.reduction
         ctx.grad_logits = grad_logits
-        if settings.reduction == "none":
-            return losses
-        return losses.sum() * scale
+        out = losses if settings.reduction == "none" else losses.sum() * scale
+        if stats is None:
+            return out
+        ctx.mark_non_differentiable(stats)
+        return out, stats
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
+    def backward(ctx, grad_output: torch.Tensor, *_stats_grad: torch.Tensor):
         # Always return a new tensor, never the stored one: autograd may adopt the returned
         # gradient (or a view of it) as `.grad` and accumulate into it in place, which would
         # corrupt the stored gradient for a second backward (retain_graph=True, gradcheck).
@@ -71,8 +80,9 @@ def label_smoothing_ce_from_logits(
     labels: torch.Tensor,
     settings: CESettings,
     denominator: torch.Tensor | float = 1.0,
-) -> torch.Tensor:
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Flattened, validated inputs: ``logits [N, V]``, ``labels [N]``; ``"mean"`` divides by
-    ``denominator`` (a number or a 0-d tensor that may live on the device)."""
+    ``denominator`` (a number or a 0-d tensor that may live on the device). With ``settings.row_stats``
+    returns ``(loss, stats [N, 5])`` (:mod:`row_stats`; ignored rows hold values of no meaning)."""
     scale = loss_scale(settings.reduction, denominator, logits.device)
     return LabelSmoothingCE.apply(logits, labels, scale, settings)

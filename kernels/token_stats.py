@@ -6,8 +6,10 @@ For each selected row with logits ``z`` (``V`` classes) and target ``y``, with `
     confidence = max_v p_v = 1 / s                 (top-1 probability)
     correct    = argmax_v z_v == y                 (ties: the lowest index, as torch.max)
     nll        = lse - z_y                         (-log p_y)
+    entropy    = -sum_v p_v log p_v
     brier      = sum_v p_v^2 - 2 p_y + 1           (sum_v (p_v - 1[v = y])^2, clamped at 0)
-    finite     = all z_v finite
+
+(the :class:`~hf_calib_kernels.row_stats.RowStats` that the loss kernels also return).
 
 Rows are processed ``chunk_rows`` at a time: the only ``[rows, V]`` buffers are one chunk of
 float32 logits and one of its exponentials. Half-precision inputs run their matmul in the input
@@ -17,48 +19,41 @@ dtype; the softmax is float32 (float64 for float64 inputs). The per-row results 
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 
 from .fused_linear import chunk_rows_for
+from .row_stats import RowStats
 
 #: Default size of one chunk of float32 logits for these statistics (smaller than the loss's: forward only).
 DEFAULT_STATS_CHUNK_BYTES = 64 * 1024 * 1024
 
 
-class TokenRowStats(NamedTuple):
-    """Per-row statistics, each of shape ``[N]`` (see the module docstring for the formulas)."""
-
-    confidence: torch.Tensor
-    correct: torch.Tensor
-    nll: torch.Tensor
-    brier: torch.Tensor
-    finite: torch.Tensor
+#: The per-row statistics (also what the loss kernels return with ``stats=True``).
+TokenRowStats = RowStats
 
 
-def _chunk_row_stats(z: torch.Tensor, y: torch.Tensor) -> TokenRowStats:
+def _chunk_row_stats(z: torch.Tensor, y: torch.Tensor) -> RowStats:
     """Statistics of one chunk of float logits ``z [n, V]`` against targets ``y [n]``."""
-    finite = torch.isfinite(z).all(dim=1)
     m, pred = z.max(dim=1)
     p = torch.exp(z - m[:, None])
     s = p.sum(dim=1)
     p.div_(s[:, None])
+    entropy = -torch.special.xlogy(p, p).sum(dim=1)
     sum_sq = p.square_().sum(dim=1)
     nll = m + torch.log(s) - z.gather(1, y[:, None]).squeeze(1)
     brier = (sum_sq - 2 * torch.exp(-nll) + 1).clamp_(min=0)
-    return TokenRowStats(s.reciprocal(), pred == y, nll, brier, finite)
+    # NaN or +inf logits give NaN statistics (RowStats.finite() is then False); a -inf logit is a class with p = 0.
+    return RowStats(s.reciprocal(), pred == y, nll, entropy, brier)
 
 
-def _empty(device: torch.device, dtype: torch.dtype) -> TokenRowStats:
+def _empty(device: torch.device, dtype: torch.dtype) -> RowStats:
     zeros = torch.zeros(0, dtype=dtype, device=device)
-    flags = torch.zeros(0, dtype=torch.bool, device=device)
-    return TokenRowStats(zeros, flags, zeros, zeros, flags)
+    return RowStats(zeros, torch.zeros(0, dtype=torch.bool, device=device), zeros, zeros, zeros)
 
 
-def _concat(parts: list[TokenRowStats]) -> TokenRowStats:
-    return TokenRowStats(*(torch.cat(column) for column in zip(*parts, strict=True)))
+def _concat(parts: list[RowStats]) -> RowStats:
+    return RowStats(*(torch.cat(column) for column in zip(*parts, strict=True)))
 
 
 def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -68,10 +63,10 @@ def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
 @torch.no_grad()
 def logits_row_stats(
     logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, *, chunk_bytes: int | None = None
-) -> TokenRowStats:
+) -> RowStats:
     """Statistics of the rows ``rows`` (int64 ``[N]``) of ``logits [M, V]`` against ``labels [M]``.
 
-    ``labels[rows]`` must lie in ``[0, V)``. Returns :class:`TokenRowStats` of length ``N``.
+    ``labels[rows]`` must lie in ``[0, V)``. Returns :class:`RowStats` of length ``N``.
     """
     dtype = _stats_dtype(logits.dtype)
     if rows.numel() == 0:
@@ -95,7 +90,7 @@ def linear_row_stats(
     *,
     softcap: float | None = None,
     chunk_bytes: int | None = None,
-) -> TokenRowStats:
+) -> RowStats:
     """Statistics of ``z = softcap(hidden[rows] @ weight.T + bias)`` against ``labels[rows]``, chunk by chunk.
 
     Shapes: ``hidden [M, H]``, ``weight [V, H]``, ``bias [V]`` or None, ``labels [M]``, ``rows [N]``

@@ -38,6 +38,12 @@ def single_process(tmp_path_factory):
 def _assert_same_run(got: dict, want: dict) -> None:
     assert got["losses"] == pytest.approx(want["losses"], rel=1e-5)
     assert got["param_sums"].keys() == want["param_sums"].keys()
+    # Training-token calibration: sums reduced over processes at each log, so 2 processes equal 1.
+    assert len(got["train_calibration"]) == len(want["train_calibration"])
+    for got_log, want_log in zip(got["train_calibration"], want["train_calibration"], strict=True):
+        assert got_log.keys() == want_log.keys()
+        for key, value in want_log.items():
+            assert got_log[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
     for name, values in want["param_sums"].items():
         assert got["param_sums"][name] == pytest.approx(values, rel=1e-5, abs=1e-6), name
 
@@ -45,8 +51,10 @@ def _assert_same_run(got: dict, want: dict) -> None:
 def test_single_process_reference_matches_label_smoother(single_process):
     calibrated, plain = single_process
     assert calibrated["fused"] and calibrated["head_widths"] == [0]
+    assert all(log["token_count"] > 0 and "token_ece" in log for log in calibrated["train_calibration"])
+    assert plain["train_calibration"] == [{}] * STEPS
     assert plain["head_widths"] == [1001]
-    _assert_same_run(calibrated, plain)
+    _assert_same_run({**calibrated, "train_calibration": plain["train_calibration"]}, plain)
 
 
 @pytest.mark.distributed

@@ -87,6 +87,12 @@ def _case_specs() -> dict[str, dict]:
     compiled = {"vocab": 1000, "n": 16, "ignore": 0.3, "label_smoothing": 0.1, "softcap": 2.0, "compile": True}
     specs["fused-compiled"] = compiled | {"kind": "fused", "width": 8, "reduction": "mean_num_items"}
     specs["logits-compiled"] = compiled | {"kind": "logits", "reduction": "none"}
+    # Row statistics through the public functions: odd V over several blocks, soft cap, ignored rows, bf16.
+    stats = {"kind": "stats", "n": 16, "width": 8, "ignore": 0.3, "label_smoothing": 0.1, "reduction": "mean"}
+    for api, vocab, cap, dtype in itertools.product(("fused", "logits"), (1, 4099), (None, 2.0), ("float32",)):
+        specs[f"stats-{api}-V{vocab}-cap{cap}"] = stats | {"api": api, "vocab": vocab, "softcap": cap, "dtype": dtype}
+    for api in ("fused", "logits"):
+        specs[f"stats-{api}-bf16"] = stats | {"api": api, "vocab": 1000, "softcap": 4.0, "dtype": "bfloat16"}
     for seed, spec in enumerate(specs.values()):
         spec["seed"] = seed
     return specs
@@ -94,7 +100,8 @@ def _case_specs() -> dict[str, dict]:
 
 CASES = _case_specs()
 ROW_CASES = [k for k, s in CASES.items() if s["kind"] == "rows"]
-API_CASES = [k for k, s in CASES.items() if s["kind"] != "rows"]
+STATS_CASES = [k for k, s in CASES.items() if s["kind"] == "stats"]
+API_CASES = [k for k, s in CASES.items() if s["kind"] in ("fused", "logits")]
 
 
 def _labels(n: int, vocab: int, ignore_frac: float, gen: torch.Generator) -> torch.Tensor:
@@ -125,7 +132,7 @@ def _case_inputs(spec: dict) -> dict[str, torch.Tensor]:
         return {"logits": logits, "labels": labels, "grad_scale": grad_scale}
     labels = _labels(n, vocab, spec["ignore"], gen)
     out = {"labels": labels, "grad_output": torch.randn(n, generator=gen)}
-    if spec["kind"] == "fused":
+    if spec.get("api", spec["kind"]) == "fused":
         out["hidden"] = torch.randn(n, spec["width"], generator=gen).to(dtype)
         out["weight"] = (torch.randn(vocab, spec["width"], generator=gen) * (2.0 / spec["width"] ** 0.5)).to(dtype)
         out["bias"] = (torch.randn(vocab, generator=gen) * 0.5).to(dtype)
@@ -166,6 +173,27 @@ def _api_call(spec: dict, inputs: dict[str, torch.Tensor], backend: str):
     return {"loss": out.detach()} | {f"grad_{name}": leaf.grad for name, leaf in leaves.items()}
 
 
+def _stats_call(spec: dict, inputs: dict[str, torch.Tensor], backend: str) -> dict[str, torch.Tensor]:
+    """Loss, gradients and row statistics (``return_stats=True``) of the public call, on ``backend``."""
+    fused = spec["api"] == "fused"
+    names = ("hidden", "weight", "bias") if fused else ("logits",)
+    leaves = {name: inputs[name].clone().requires_grad_(True) for name in names}
+    kwargs = {
+        "label_smoothing": spec["label_smoothing"], "softcap": spec["softcap"], "backend": backend,
+        "chunk_bytes": 4 * spec["vocab"] * 5, "return_stats": True,
+    }  # fmt: skip
+    if fused:
+        loss, stats = fused_linear_label_smoothing_ce(
+            leaves["hidden"], leaves["weight"], inputs["labels"], bias=leaves["bias"], **kwargs
+        )
+    else:
+        loss, stats = label_smoothing_ce(leaves["logits"], inputs["labels"], **kwargs)
+    loss.backward()
+    out = {"loss": loss.detach(), "correct": stats.correct.float()}
+    out |= {name: getattr(stats, name) for name in ("confidence", "nll", "entropy", "brier")}
+    return out | {f"grad_{name}": leaf.grad for name, leaf in leaves.items()}
+
+
 def _worker(directory: Path) -> None:
     """Subprocess entry point: run every case on the Triton backend (needs TRITON_INTERPRET=1)."""
     assert os.environ.get("TRITON_INTERPRET") == "1", "the worker needs TRITON_INTERPRET=1"
@@ -177,15 +205,23 @@ def _worker(directory: Path) -> None:
     for key, spec in specs.items():
         inputs = {name.split("/", 1)[1]: t for name, t in tensors.items() if name.split("/", 1)[0] == key}
         if spec["kind"] == "rows":
-            loss, grad = label_smoothing_ce_rows(
-                inputs["logits"].clone(),
-                inputs["labels"],
-                label_smoothing=spec["label_smoothing"],
-                softcap=spec["softcap"],
-                grad_scale=None if spec.get("no_grad") else inputs["grad_scale"],
-                block_v=spec["block_v"],
+            kwargs = {
+                "label_smoothing": spec["label_smoothing"],
+                "softcap": spec["softcap"],
+                "block_v": spec["block_v"],
+            }
+            grad_scale = None if spec.get("no_grad") else inputs["grad_scale"]
+            loss, grad, _ = label_smoothing_ce_rows(
+                inputs["logits"].clone(), inputs["labels"], grad_scale=grad_scale, **kwargs
             )
-            result = {"loss": loss} | ({} if grad is None else {"grad": grad})
+            # The same call with the row statistics: its loss and gradient must not change.
+            loss_s, grad_s, stats = label_smoothing_ce_rows(
+                inputs["logits"].clone(), inputs["labels"], grad_scale=grad_scale, stats=True, **kwargs
+            )
+            result = {"loss": loss, "loss_with_stats": loss_s, "stats": stats}
+            result |= {} if grad is None else {"grad": grad, "grad_with_stats": grad_s}
+        elif spec["kind"] == "stats":
+            result = _stats_call(spec, inputs, backend="triton")
         else:
             result = _api_call(spec, inputs, backend="triton")
         outputs |= {f"{key}/{name}": t.contiguous() for name, t in result.items()}
@@ -238,6 +274,106 @@ def test_row_kernel_matches_float64_cross_entropy(triton_run, key):
         assert bool((grad[0] == 0).all())  # grad_scale 0: exactly zero row
 
 
+def _reference_stats(z: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Float64 statistics of logits ``z [N, V]`` (already soft-capped) from the full softmax."""
+    p = torch.softmax(z.double(), dim=-1)
+    logp = torch.log_softmax(z.double(), dim=-1)
+    onehot = F.one_hot(labels, z.shape[-1]).double()
+    return {
+        "confidence": p.max(dim=-1).values,
+        "correct": (z.argmax(dim=-1) == labels).double(),
+        "nll": -logp.gather(1, labels[:, None]).squeeze(1),
+        "entropy": -torch.special.xlogy(p, p).sum(-1),
+        "brier": (p - onehot).square().sum(-1),
+    }
+
+
+@pytest.mark.parametrize("key", ROW_CASES)
+def test_row_kernel_statistics_match_float64_softmax(triton_run, key):
+    """The Triton kernel's row statistics (online over blocks) equal the full float64 softmax's, and asking
+    for them changes neither the loss nor the gradient by a single bit."""
+    spec = CASES[key]
+    inputs, outputs = triton_run[0][key], triton_run[1][key]
+    assert torch.equal(outputs["loss_with_stats"], outputs["loss"])
+    if "grad" in outputs:
+        assert torch.equal(outputs["grad_with_stats"], outputs["grad"])
+    stats = outputs["stats"]
+    assert stats.dtype == torch.float32 and stats.shape == (spec["n"], 5)
+    if not spec["n"]:
+        return
+    raw = inputs["logits"].double()
+    z = raw if spec["softcap"] is None else spec["softcap"] * torch.tanh(raw / spec["softcap"])
+    ref = _reference_stats(z, inputs["labels"])
+    tol = {"rtol": 1e-5, "atol": 1e-2} if spec.get("content") == "huge" else {"rtol": 1e-4, "atol": 1e-5}
+    for column, name in enumerate(("confidence", "correct", "nll", "entropy", "brier")):
+        torch.testing.assert_close(stats[:, column].double(), ref[name], **tol, msg=lambda m, n=name: f"{n}: {m}")
+    # The torch row kernel gives the same statistics on the same logits.
+    from hf_calib_kernels.ce_torch import label_smoothing_ce_rows
+
+    _, _, torch_stats = label_smoothing_ce_rows(
+        inputs["logits"].clone(), inputs["labels"], label_smoothing=spec["label_smoothing"],
+        softcap=spec["softcap"], grad_scale=None, stats=True,
+    )  # fmt: skip
+    torch.testing.assert_close(stats, torch_stats, **tol)
+
+
+def test_row_statistics_break_argmax_ties_like_torch():
+    """Ties between blocks and inside a block go to the lowest index, as ``torch.argmax``."""
+    from hf_calib_kernels.ce_torch import label_smoothing_ce_rows
+
+    logits = torch.zeros(3, 300)
+    logits[0, [7, 200]] = 5.0  # tie across 64-wide blocks
+    logits[1, [70, 71]] = 5.0  # tie inside a block
+    labels = torch.tensor([200, 70, 0])  # row 2: every logit ties, argmax is 0
+    _, _, stats = label_smoothing_ce_rows(
+        logits, labels, label_smoothing=0.0, softcap=None, grad_scale=None, stats=True
+    )
+    assert stats[:, 1].tolist() == [0.0, 1.0, 1.0]
+    assert (logits.argmax(dim=1) == labels).tolist() == [False, True, True]
+
+
+@pytest.mark.parametrize("key", STATS_CASES)
+def test_triton_row_statistics_match_torch_backend(triton_run, key):
+    """``return_stats=True`` on the Triton backend: same loss and gradients as without statistics would give
+    on the torch backend, statistics equal to the torch backend's and to a float64 reference, NaN / False on
+    ignored labels."""
+    spec = CASES[key]
+    inputs, outputs = triton_run[0][key], triton_run[1][key]
+    expected = _stats_call(spec, inputs, backend="torch")
+    labels = inputs["labels"]
+    valid = labels != IGNORE
+    bf16 = spec["dtype"] == "bfloat16"
+    tol = {"rtol": 2e-3, "atol": 2e-4} if bf16 else {"rtol": 1e-5, "atol": 1e-6}
+    for name, value in expected.items():
+        got = outputs[name]
+        if name in ("confidence", "nll", "entropy", "brier"):
+            assert bool(torch.isnan(got[~valid]).all()), name
+            got, value = got[valid], value[valid]
+        elif name == "correct":
+            assert not bool(got[~valid].any())
+            got, value = got[valid], value[valid]
+        if name.startswith("grad") and bf16:
+            torch.testing.assert_close(got.float(), value.float(), rtol=1e-2, atol=1e-2 * float(value.abs().max()))
+        else:
+            torch.testing.assert_close(got, value, **tol, msg=lambda m, n=name: f"{n}: {m}")
+    if spec["api"] == "fused":
+        z = inputs["hidden"].double() @ inputs["weight"].double().T + inputs["bias"].double()
+        if bf16:  # the driver's matmul rounds the logits to bf16
+            z = (inputs["hidden"] @ inputs["weight"].T + inputs["bias"]).double()
+    else:
+        z = inputs["logits"].double()
+    if spec["softcap"] is not None:
+        z = spec["softcap"] * torch.tanh(z / spec["softcap"])
+    ref = _reference_stats(z[valid], labels[valid])
+    for name in ("confidence", "nll", "entropy", "brier"):
+        torch.testing.assert_close(outputs[name][valid].double(), ref[name], rtol=1e-4, atol=1e-4)
+    # Correctness may flip only where the top two logits are within rounding of each other.
+    top2 = z[valid].topk(min(2, z.shape[1]), dim=-1).values
+    close = (top2[:, 0] - top2[:, -1]).abs() < 1e-2 if z.shape[1] > 1 else torch.zeros_like(valid[valid])
+    agree = outputs["correct"][valid].double() == ref["correct"]
+    assert bool((agree | close).all())
+
+
 @pytest.mark.parametrize("key", API_CASES)
 def test_triton_backend_matches_float64_reference(triton_run, reference_ce, key):
     spec = CASES[key]
@@ -274,24 +410,25 @@ def test_triton_backend_matches_float64_reference(triton_run, reference_ce, key)
 
 
 _COMPILE_SCRIPT = """
+import itertools
+
 import triton
 from triton.backends.compiler import GPUTarget
 from hf_calib_kernels.ce_triton import _label_smoothing_ce_rows_kernel as kernel
 
 signature = {"logits_ptr": "*fp32", "labels_ptr": "*i64", "grad_scale_ptr": "*fp32", "loss_ptr": "*fp32",
-             "stride_row": "i32", "vocab": "i32", "eps_over_v": "fp32", "one_minus_eps": "fp32", "cap": "fp32",
-             "HAS_SOFTCAP": "constexpr", "HAS_SMOOTHING": "constexpr", "HAS_GRAD": "constexpr", "BLOCK_V": "constexpr"}
-for softcap in (False, True):
-    for smoothing in (False, True):
-        for grad in (False, True):
-            for vocab_is_one in (False, True):
-                constexprs = {"HAS_SOFTCAP": softcap, "HAS_SMOOTHING": smoothing, "HAS_GRAD": grad, "BLOCK_V": 4096}
-                sig = dict(signature)
-                if vocab_is_one:  # Triton specializes an integer argument equal to 1 into a constant
-                    sig["vocab"] = "constexpr"
-                    constexprs["vocab"] = 1
-                src = triton.compiler.ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
-                triton.compile(src, target=GPUTarget("cuda", 80, 32), options={"num_warps": 8})
+             "stats_ptr": "*fp32", "stride_row": "i32", "vocab": "i32", "eps_over_v": "fp32",
+             "one_minus_eps": "fp32", "cap": "fp32", "HAS_SOFTCAP": "constexpr", "HAS_SMOOTHING": "constexpr",
+             "HAS_GRAD": "constexpr", "HAS_STATS": "constexpr", "BLOCK_V": "constexpr"}
+for softcap, smoothing, grad, stats, vocab_is_one in itertools.product((False, True), repeat=5):
+    constexprs = {"HAS_SOFTCAP": softcap, "HAS_SMOOTHING": smoothing, "HAS_GRAD": grad, "HAS_STATS": stats,
+                  "BLOCK_V": 4096}
+    sig = dict(signature)
+    if vocab_is_one:  # Triton specializes an integer argument equal to 1 into a constant
+        sig["vocab"] = "constexpr"
+        constexprs["vocab"] = 1
+    src = triton.compiler.ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
+    triton.compile(src, target=GPUTarget("cuda", 80, 32), options={"num_warps": 8})
 print("compiled")
 """
 

@@ -15,7 +15,7 @@ import torch
 from transformers.trainer_pt_utils import LabelSmoother
 
 from hf_calib import fused_linear_label_smoothing_ce, label_smoothing_ce
-from hf_calib.loss import FusedLossRequest, armed
+from hf_calib.loss import FusedLossRequest, TokenStats, TrainTokenCalibration, armed
 from hf_calib.loss.head import install_fused_head
 from hf_calib_kernels import chunk_rows_for
 
@@ -586,10 +586,14 @@ def _training_step(hidden, weight, labels, num_items):
         head.weight.copy_(weight)
         head.bias.zero_()
     h = hidden.clone().requires_grad_(True)
-    request = FusedLossRequest(labels=labels, label_smoothing=0.1, num_items_in_batch=num_items, token_stats=True)
+    request = FusedLossRequest(labels=labels, label_smoothing=0.1, num_items_in_batch=num_items, row_stats=True)
     with armed(head, request):
         head(h)
     request.loss.backward()
+    # What the trainers do with the statistics in a training step: also without reading the device.
+    valid = labels != IGNORE
+    TrainTokenCalibration().add(request.stats, valid)
+    TokenStats.from_row_stats(request.stats, valid)
     logits = (hidden @ weight.T).requires_grad_(True)
     fallback = label_smoothing_ce(logits, labels, label_smoothing=0.1, num_items_in_batch=num_items)
     fallback.backward()

@@ -220,9 +220,13 @@ def test_bad_inputs_raise_value_error():
     bad[1, 4, 7] = float("nan")
     with pytest.raises(ValueError, match="NaN or inf"):
         token_calibration_stats(bad, labels)
-    bad[1, 4, 7] = float("-inf")
+    bad[1, 4, 7] = float("inf")
     with pytest.raises(ValueError, match="NaN or inf"):
         token_calibration_stats(bad, labels)
+    # A -inf logit is a class with probability 0 (a masked vocabulary entry), as in the loss kernels.
+    masked = logits.clone()
+    masked[1, 4, 7] = float("-inf")
+    assert torch.isfinite(token_calibration_stats(masked, labels)).all()
     # Non-finite logits where the target is ignored are not looked at.
     ignored = logits.clone()
     ignored[2, 3, :] = float("nan")

@@ -12,13 +12,15 @@ The output layer that returns the loss (``head``), used by the trainers:
 * :func:`plan_fused_loss` — decide once per model whether its output layer can take the fused loss
   (:class:`FusedLossPlan`, with the reason when not), and arm it (:class:`FusedLossLinear`).
 * :func:`armed` with a :class:`FusedLossRequest` — one forward that returns the loss (and statistics) instead
-  of logits. :func:`shift_causal_labels`, :class:`TokenStats`, :func:`token_stats_from_logits`.
+  of logits. :func:`shift_causal_labels`, :class:`TokenStats`.
 
 Per-token calibration statistics (``token_calibration``):
 
 * :class:`TokenCalibrationConfig`, :class:`TokenCalibrationMetrics`, :func:`token_calibration_metrics` (for a
   plain Trainer), and the packed per-sample rows the trainers gather (:func:`token_calibration_stats`,
-  :func:`pack_token_stats`, :func:`stats_width`).
+  :func:`pack_token_stats`, :func:`pack_sample_stats`, :func:`stats_width`).
+* :class:`TrainTokenCalibration` (``train_calibration``) — the calibration of the training tokens, summed
+  between logging steps from the statistics the loss kernels return with the loss.
 """
 
 from .functions import fused_linear_label_smoothing_ce, label_smoothing_ce, resolve_backend
@@ -31,17 +33,18 @@ from .head import (
     is_causal_lm,
     plan_fused_loss,
     shift_causal_labels,
-    token_stats_from_logits,
 )
 from .token_calibration import (
     TokenCalibrationConfig,
     TokenCalibrationMetrics,
+    pack_sample_stats,
     pack_token_stats,
     stats_width,
     token_calibration_metrics,
     token_calibration_state,
     token_calibration_stats,
 )
+from .train_calibration import TrainTokenCalibration
 
 __all__ = [
     "FusedLossLinear",
@@ -50,10 +53,12 @@ __all__ = [
     "TokenCalibrationConfig",
     "TokenCalibrationMetrics",
     "TokenStats",
+    "TrainTokenCalibration",
     "armed",
     "fused_linear_label_smoothing_ce",
     "is_causal_lm",
     "label_smoothing_ce",
+    "pack_sample_stats",
     "pack_token_stats",
     "plan_fused_loss",
     "resolve_backend",
@@ -62,5 +67,4 @@ __all__ = [
     "token_calibration_metrics",
     "token_calibration_state",
     "token_calibration_stats",
-    "token_stats_from_logits",
 ]

@@ -26,8 +26,9 @@ import os
 
 import torch
 
-from hf_calib_kernels import CESettings, chunk_rows_for, fused_linear_ce, label_smoothing_ce_from_logits
+from hf_calib_kernels import CESettings, default_chunk_rows, fused_linear_ce, label_smoothing_ce_from_logits
 from hf_calib_kernels.ce_torch import label_smoothing_ce_rows as _torch_rows
+from hf_calib_kernels.row_stats import RowStats, split_row_stats
 
 _REDUCTIONS = ("mean", "sum", "none")
 _BACKENDS = (None, "torch", "triton")
@@ -162,10 +163,23 @@ def _denominator(labels: torch.Tensor, ignore_index: int, reduction: str, num_it
     return 1.0
 
 
+def _masked_row_stats(buffer: torch.Tensor, valid: torch.Tensor, shape: torch.Size) -> RowStats:
+    """:class:`RowStats` shaped like the labels, NaN (``correct``: False) where the label is ignored."""
+    stats = split_row_stats(buffer)
+    nan = torch.full((), float("nan"), dtype=buffer.dtype, device=buffer.device)
+    return RowStats(
+        *(
+            (field & valid if field.dtype == torch.bool else torch.where(valid, field, nan)).reshape(shape)
+            for field in stats
+        )
+    )
+
+
 def _run(
     op,
     labels: torch.Tensor,
     vocab: int,
+    width: int,
     device: torch.device,
     *,
     ignore_index: int,
@@ -175,8 +189,11 @@ def _run(
     softcap: float | None,
     backend: str | None,
     chunk_bytes: int | None,
-) -> torch.Tensor:
+    return_stats: bool,
+) -> torch.Tensor | tuple[torch.Tensor, RowStats]:
     """Flatten the labels, resolve backend, denominator and chunk size, run ``op``, reshape "none"."""
+    if not isinstance(return_stats, bool):
+        raise ValueError(f"return_stats must be True or False; got {return_stats!r}.")
     row_kernel = _row_kernel(resolve_backend(backend, device))
     flat_labels = labels.reshape(-1).long()
     settings = CESettings(
@@ -185,10 +202,16 @@ def _run(
         reduction=reduction,
         softcap=None if softcap is None else float(softcap),
         row_kernel=row_kernel,
-        chunk_rows=chunk_rows_for(flat_labels.numel(), vocab, chunk_bytes),
+        chunk_rows=default_chunk_rows(flat_labels.numel(), vocab, width, chunk_bytes),
+        row_stats=return_stats,
     )
     out = op(flat_labels, settings, _denominator(flat_labels, ignore_index, reduction, num_items_in_batch))
-    return out.reshape(labels.shape) if reduction == "none" else out
+    stats = None
+    if return_stats:
+        out, buffer = out
+        stats = _masked_row_stats(buffer, flat_labels != ignore_index, labels.shape)
+    out = out.reshape(labels.shape) if reduction == "none" else out
+    return out if stats is None else (out, stats)
 
 
 def fused_linear_label_smoothing_ce(
@@ -204,7 +227,8 @@ def fused_linear_label_smoothing_ce(
     softcap: float | None = None,
     backend: str | None = None,
     chunk_bytes: int | None = None,
-) -> torch.Tensor:
+    return_stats: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, RowStats]:
     """Label-smoothing cross-entropy of ``hidden @ weight.T + bias`` without materializing logits.
 
     Equal (forward and gradients for ``hidden``, ``weight`` and ``bias``) to::
@@ -225,8 +249,13 @@ def fused_linear_label_smoothing_ce(
         reduction: ``"mean"`` or ``"sum"`` (float32 scalar) or ``"none"`` (float32, shape of labels).
         softcap: optional soft cap ``c`` applied as ``c * tanh(logits / c)``.
         backend: ``None`` (Triton on CUDA, chunked torch elsewhere), ``"torch"`` or ``"triton"``.
-        chunk_bytes: size of one float32 logits chunk (default 256 MiB); peak extra memory is a
-            small multiple of it.
+        chunk_bytes: size of one float32 logits chunk; by default chosen from N, V and H
+            (``hf_calib_kernels.default_chunk_rows``). Peak extra memory is a small multiple of it.
+        return_stats: also return, from the same softmax (no extra matmul), the per-token statistics
+            of the unsmoothed prediction (:class:`hf_calib_kernels.row_stats.RowStats`: ``confidence`` =
+            max p, ``correct`` = argmax == label, ``nll`` = -log p(label), ``entropy``, ``brier``), each
+            shaped like ``labels``, NaN (``correct``: False) where the label is ignored; they carry no
+            gradient. The loss is then ``(loss, stats)``.
 
     Rows are processed in chunks; only ``[chunk, V]`` logits exist at any time. For "mean"/"sum"
     the gradients are computed during forward; "none" recomputes chunk logits in backward.
@@ -267,9 +296,10 @@ def fused_linear_label_smoothing_ce(
         lambda flat_labels, settings, denominator: fused_linear_ce(
             hidden.reshape(-1, width), weight, bias, flat_labels, settings, denominator
         ),
-        labels, vocab, hidden.device,
+        labels, vocab, width, hidden.device,
         ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
         num_items_in_batch=num_items_in_batch, softcap=softcap, backend=backend, chunk_bytes=chunk_bytes,
+        return_stats=return_stats,
     )  # fmt: skip
 
 
@@ -284,10 +314,12 @@ def label_smoothing_ce(
     softcap: float | None = None,
     backend: str | None = None,
     chunk_bytes: int | None = None,
-) -> torch.Tensor:
+    return_stats: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, RowStats]:
     """Label-smoothing cross-entropy on ``logits [..., V]`` with the same contract as
     :func:`fused_linear_label_smoothing_ce` (soft cap applied here, float32 math, ``"mean"``
-    over ``num_items_in_batch`` or the non-ignored labels, 0 when every label is ignored)."""
+    over ``num_items_in_batch`` or the non-ignored labels, 0 when every label is ignored; ``return_stats``
+    adds the per-token statistics of the same softmax)."""
     if not isinstance(logits, torch.Tensor) or not logits.dtype.is_floating_point:
         raise ValueError(f"logits must be a floating-point tensor; got {getattr(logits, 'dtype', type(logits))}.")
     if logits.dim() < 1:
@@ -308,7 +340,8 @@ def label_smoothing_ce(
         lambda flat_labels, settings, denominator: label_smoothing_ce_from_logits(
             logits.reshape(-1, vocab), flat_labels, settings, denominator
         ),
-        labels, vocab, logits.device,
+        labels, vocab, 0, logits.device,
         ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
         num_items_in_batch=num_items_in_batch, softcap=softcap, backend=backend, chunk_bytes=chunk_bytes,
+        return_stats=return_stats,
     )  # fmt: skip

@@ -26,8 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hf_calib_kernels import chunk_rows_for
-from hf_calib_kernels.token_stats import TokenRowStats, linear_row_stats
+from hf_calib_kernels.row_stats import RowStats
 
 from .._model_utils import IGNORE_INDEX, base_model, eval_mode, unwrap_parallel
 from .functions import fused_linear_label_smoothing_ce, label_smoothing_ce
@@ -53,6 +52,13 @@ class TokenStats:
     entropy_sum: torch.Tensor
     n_correct: torch.Tensor
 
+    @classmethod
+    def from_row_stats(cls, stats: RowStats, valid: torch.Tensor) -> TokenStats:
+        """Sums over the rows where ``valid`` holds (masked, not selected: no host sync)."""
+        zero = torch.zeros((), dtype=torch.float32, device=valid.device)
+        entropy = torch.where(valid, stats.entropy.float(), zero)
+        return cls(valid.sum().float(), entropy.sum(), (stats.correct & valid).sum().float())
+
 
 @dataclasses.dataclass
 class FusedLossRequest:
@@ -60,11 +66,10 @@ class FusedLossRequest:
 
     ``labels`` are ``[B, T]``, already shifted (``labels[b, t]`` is the target of position ``t``).
     After the forward, ``loss`` holds the fused loss (``None`` if the head had to return full
-    logits, with ``skipped`` saying why), ``stats`` the optional :class:`TokenStats`, ``calls``
-    how many times the head ran. With ``calibration=True`` the head also leaves
-    ``calibration_rows = (rows, row_stats)``: the indices ``rows [N]`` of the non-ignored positions in
-    the flattened ``[B * T]`` labels and their softmax statistics (confidence, correctness, NLL,
-    Brier; :class:`hf_calib_kernels.token_stats.TokenRowStats`), computed chunk-wise without gradient.
+    logits, with ``skipped`` saying why), ``calls`` how many times the head ran. With ``row_stats=True``
+    the head also leaves ``stats``: the per-token statistics of the same softmax as the loss
+    (:class:`hf_calib_kernels.row_stats.RowStats`, each ``[B, T]``: confidence, correctness, NLL,
+    entropy, Brier; NaN / False at ignored labels), from the loss kernels, at no extra matmul.
     """
 
     labels: torch.Tensor
@@ -72,11 +77,9 @@ class FusedLossRequest:
     num_items_in_batch: int | float | torch.Tensor | None = None
     softcap: float | None = None
     ignore_index: int = IGNORE_INDEX
-    token_stats: bool = False
-    calibration: bool = False
+    row_stats: bool = False
     loss: torch.Tensor | None = None
-    stats: TokenStats | None = None
-    calibration_rows: tuple[torch.Tensor, TokenRowStats] | None = None
+    stats: RowStats | None = None
     calls: int = 0
     skipped: str | None = None
 
@@ -114,16 +117,11 @@ class FusedLossLinear(nn.Linear):
             ignore_index=request.ignore_index,
             num_items_in_batch=request.num_items_in_batch,
             softcap=request.softcap,
+            return_stats=request.row_stats,
         )
+        if request.row_stats:
+            loss, request.stats = loss
         request.loss = loss
-        if request.token_stats:
-            request.stats = token_stats(
-                hidden, weight, bias, labels, softcap=request.softcap, ignore_index=request.ignore_index
-            )
-        if request.calibration:
-            request.calibration_rows = calibration_rows(
-                hidden, weight, bias, labels, softcap=request.softcap, ignore_index=request.ignore_index
-            )
         # Zero-width "logits" hanging off the loss: DDP with find_unused_parameters=True (Trainer's
         # default) walks the graph from the model's outputs and must reach every parameter.
         return loss.reshape((1,) * input.dim()).expand(*input.shape[:-1], 0).to(input.dtype)
@@ -160,75 +158,6 @@ def shift_causal_labels(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) 
     """``[B, T]`` targets of each position, as transformers' ``ForCausalLMLoss`` builds them:
     pad ``labels`` on the right with ``ignore_index`` and drop the first column."""
     return F.pad(labels, (0, 1), value=ignore_index)[..., 1:].contiguous()
-
-
-def _chunk_stats(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Entropy and top-1 hits of ``logits [n, V]`` summed over the rows where ``valid [n]`` holds (a
-    masked sum, not a selection: no data-dependent shape, no host sync; other rows may be garbage)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    entropy = torch.where(valid, -(logp.exp() * logp).sum(-1), 0.0)
-    correct = (logits.argmax(-1) == labels) & valid
-    return entropy.sum(), correct.sum().float()
-
-
-@torch.no_grad()
-def token_stats(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    labels: torch.Tensor,
-    *,
-    softcap: float | None,
-    ignore_index: int = IGNORE_INDEX,
-) -> TokenStats:
-    """Entropy ``-sum_v p_v log p_v`` and top-1 hits of ``softcap(hidden @ weight.T + bias)`` summed
-    over the non-ignored rows, one chunk of logits at a time (``hidden [..., H]``, ``labels [...]``).
-
-    Runs in the training step (SFT metrics), so, like the loss, it walks every row in fixed chunks
-    and masks the ignored ones instead of selecting the valid ones: no device-to-host sync."""
-    flat_h = hidden.reshape(-1, hidden.shape[-1])
-    flat_y = labels.reshape(-1)
-    valid = flat_y != ignore_index
-    n_rows = flat_y.shape[0]
-    entropy_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
-    n_correct = torch.zeros((), dtype=torch.float32, device=hidden.device)
-    step = chunk_rows_for(max(n_rows, 1), weight.shape[0])
-    for start in range(0, n_rows, step):
-        logits = F.linear(flat_h[start : start + step], weight, bias).float()
-        if softcap is not None:
-            logits = softcap * torch.tanh(logits / softcap)
-        ent, hits = _chunk_stats(logits, flat_y[start : start + step], valid[start : start + step])
-        entropy_sum += ent
-        n_correct += hits
-    return TokenStats(valid.sum().float(), entropy_sum, n_correct)
-
-
-@torch.no_grad()
-def calibration_rows(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    labels: torch.Tensor,
-    *,
-    softcap: float | None,
-    ignore_index: int = IGNORE_INDEX,
-) -> tuple[torch.Tensor, TokenRowStats]:
-    """``(rows, stats)``: the flat indices of the non-ignored ``labels [...]`` and the softmax statistics of
-    ``softcap(hidden @ weight.T + bias)`` at those rows (``hidden [..., H]``), one chunk of logits at a time."""
-    flat_h = hidden.detach().reshape(-1, hidden.shape[-1])
-    flat_y = labels.reshape(-1)
-    rows = (flat_y != ignore_index).nonzero().squeeze(1)
-    bias = None if bias is None else bias.detach()
-    return rows, linear_row_stats(flat_h, weight.detach(), bias, flat_y, rows, softcap=softcap)
-
-
-@torch.no_grad()
-def token_stats_from_logits(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> TokenStats:
-    """:class:`TokenStats` of full ``logits [..., V]`` against ``labels [...]``."""
-    flat_y = labels.reshape(-1).to(logits.device)
-    valid = flat_y != ignore_index
-    entropy_sum, n_correct = _chunk_stats(logits.reshape(-1, logits.shape[-1]), flat_y, valid)
-    return TokenStats(valid.sum().float(), entropy_sum, n_correct)
 
 
 @dataclasses.dataclass

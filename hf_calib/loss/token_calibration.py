@@ -32,7 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hf_calib_kernels.token_stats import TokenRowStats, logits_row_stats
+from hf_calib_kernels.row_stats import RowStats
+from hf_calib_kernels.token_stats import logits_row_stats
 
 from .._model_utils import IGNORE_INDEX
 from ..metrics import CalibrationState, logged_metrics
@@ -67,18 +68,18 @@ def _check_n_bins(n_bins: int) -> int:
 
 
 def pack_token_stats(
-    row_stats: TokenRowStats, sample_index: torch.Tensor, n_samples: int, *, n_bins: int = 15
+    row_stats: RowStats, sample_index: torch.Tensor, n_samples: int, *, n_bins: int = 15
 ) -> torch.Tensor:
     """Per-sample sufficient statistics ``[n_samples, 3 * n_bins + 3]`` (float64) of per-token statistics.
 
-    ``row_stats`` holds ``N`` tokens (:class:`hf_calib_kernels.token_stats.TokenRowStats`) and
+    ``row_stats`` holds ``N`` tokens (:class:`hf_calib_kernels.row_stats.RowStats`) and
     ``sample_index [N]`` the sample (``0 <= i < n_samples``) each token belongs to. Layout in the module
     docstring. Samples without tokens get a row of zeros.
 
     Raises:
-        ValueError: if any token's logits hold NaN or inf.
+        ValueError: if any token's statistics are NaN or inf (its logits held NaN or +inf).
     """
-    n_bad = int((~row_stats.finite).sum().item())
+    n_bad = int((~row_stats.finite()).sum().item())
     if n_bad:
         raise ValueError(
             f"logits contain NaN or inf at {n_bad} supervised position(s) (labels != ignore_index); the model "
@@ -94,6 +95,33 @@ def pack_token_stats(
         n_samples,
         n_bins=n_bins,
     )
+
+
+def pack_sample_stats(stats: RowStats, valid: torch.Tensor, *, n_bins: int = 15) -> torch.Tensor:
+    """Per-sample sufficient statistics ``[B, 3 * n_bins + 3]`` of token statistics shaped ``[B, T]`` (as the loss
+    returns them), over the positions where ``valid [B, T]`` holds; masked rather than selected.
+
+    Raises:
+        ValueError: if a valid token's statistics are NaN or inf (its logits held NaN or +inf).
+    """
+    n_samples = valid.shape[0]
+    valid = valid.to(stats.confidence.device)
+    n_bad = int((valid & ~stats.finite()).sum().item())
+    if n_bad:
+        raise ValueError(
+            f"logits contain NaN or inf at {n_bad} supervised position(s) (labels != ignore_index); the model "
+            "diverged or its output was corrupted. Token calibration needs finite logits: fix the model, or set "
+            "those labels to the ignore index."
+        )
+    sample = torch.arange(n_samples, device=valid.device).unsqueeze(1).expand_as(valid)
+    group = torch.where(valid, sample, n_samples).reshape(-1)  # ignored tokens: an extra group, dropped
+    zero = torch.zeros((), dtype=stats.confidence.dtype, device=valid.device)
+    confidence, nll, brier = (
+        torch.where(valid, t, zero).reshape(-1) for t in (stats.confidence, stats.nll, stats.brier)
+    )
+    correct = (stats.correct & valid).reshape(-1)
+    packed = CalibrationState.pack_rows(confidence, correct, nll, brier, group, n_samples + 1, n_bins=n_bins)
+    return packed[:n_samples]
 
 
 def _as_tensor(x: Any, name: str) -> torch.Tensor:
@@ -181,7 +209,7 @@ def token_calibration_state(stats: torch.Tensor | np.ndarray, *, n_bins: int = 1
         ) from None
 
 
-def _summary(state: CalibrationState, prefix: str) -> dict[str, float]:
+def metric_summary(state: CalibrationState, prefix: str) -> dict[str, float]:
     """``{prefix}count`` and, with at least one token, ``{prefix}`` + every logged metric of
     :mod:`hf_calib.metrics.catalog` (ece, rms_ce, mce, brier, nll, accuracy, mean_confidence)."""
     if state.n_samples == 0:
@@ -302,7 +330,7 @@ class TokenCalibrationMetrics:
     def _finish(self, state: CalibrationState) -> dict[str, float]:
         self.last_state = state
         self.evaluations += 1
-        return _summary(state, self.prefix)
+        return metric_summary(state, self.prefix)
 
     def compute_metrics(self, eval_pred: Any, compute_result: bool | None = None) -> dict[str, float]:
         """Trainer's ``compute_metrics``: sums the gathered per-sample statistics over the evaluation set.

@@ -117,6 +117,13 @@ class CalibrationArguments:
         default=True,
         metadata={"help": "Report token-level calibration (eval_token_ece, eval_token_nll, ...) at each evaluation."},
     )
+    train_token_calibration: bool = field(
+        default=True,
+        metadata={
+            "help": "Log the calibration of the training tokens (token_ece, token_nll, token_accuracy, "
+            "token_mean_confidence, token_entropy, ...) at every logging step, from the loss's own softmax."
+        },
+    )
     calibration_n_bins: int = field(
         default=15, metadata={"help": "Equal-width confidence bins of ECE / MCE and of the reliability diagrams."}
     )
@@ -149,7 +156,12 @@ class CalibrationArguments:
 
     def _check_calibration_arguments(self) -> None:
         # Values from YAML/JSON are not converted by the parser: validate them here, naming the field.
-        for name in ("calibration_metrics", "reliability_diagrams", "push_calibrated_bundle"):
+        for name in (
+            "calibration_metrics",
+            "train_token_calibration",
+            "reliability_diagrams",
+            "push_calibrated_bundle",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false; got {getattr(self, name)!r}.")
         try:

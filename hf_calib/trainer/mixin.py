@@ -28,15 +28,15 @@ from ..loss import (
     TokenCalibrationConfig,
     TokenCalibrationMetrics,
     TokenStats,
+    TrainTokenCalibration,
     armed,
     is_causal_lm,
     label_smoothing_ce,
-    pack_token_stats,
+    pack_sample_stats,
     plan_fused_loss,
     shift_causal_labels,
     stats_width,
     token_calibration_stats,
-    token_stats_from_logits,
 )
 from .config import calibration_settings
 
@@ -97,6 +97,7 @@ class CalibratedLossMixin:
         *args: Any,
         calibration_metrics: bool | TokenCalibrationConfig | Any = FROM_ARGS,
         multiple_choice: MultipleChoiceCalibration | Sequence[MultipleChoiceCalibration] | None | Any = FROM_ARGS,
+        train_token_calibration: bool | Any = FROM_ARGS,
         **kwargs: Any,
     ) -> None:
         from ..callbacks.multiple_choice import check_tokenizers, resolve_multiple_choice
@@ -122,6 +123,15 @@ class CalibratedLossMixin:
         self.token_calibration = (
             None if config is None else TokenCalibrationMetrics(config.n_bins, prefix=config.prefix)
         )
+        if train_token_calibration is FROM_ARGS:
+            train_token_calibration = True if settings is None else settings.train_token_calibration
+        if not isinstance(train_token_calibration, bool):
+            raise ValueError(f"train_token_calibration must be True or False; got {train_token_calibration!r}.")
+        bins_prefix = (config.n_bins, config.prefix) if config is not None else (15, "token_")
+        if settings is not None and config is None:
+            bins_prefix = (settings.calibration_n_bins, settings.calibration_prefix)
+        #: Calibration of the training tokens since the last logging step (None when switched off).
+        self.train_token_calibration = TrainTokenCalibration(*bins_prefix) if train_token_calibration else None
         # During evaluation_loop: the running [1, width] sum of the gathered per-sample statistics (or None).
         self._calib_eval_stats: torch.Tensor | None = None
         self._calib_eval_batches = 0
@@ -225,39 +235,48 @@ class CalibratedLossMixin:
         if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
             inputs["num_items_in_batch"] = num_items_in_batch
         eps = float(self.args.label_smoothing_factor)
-        loss, stats = None, None
+        training = self._calib_train_stats_wanted(model)
+        want_stats = collect or training or self._calib_wants_token_stats
+        loss, row_stats = None, None
         if path == "fused":
             request = FusedLossRequest(
                 labels=shift_labels,
                 label_smoothing=eps,
                 num_items_in_batch=num_items_in_batch,
                 softcap=self._calib_plan.softcap,
-                token_stats=self._calib_wants_token_stats,
-                calibration=collect,
+                row_stats=want_stats,
             )
             with armed(self._calib_plan.head, request):
                 outputs = model(**inputs)
             if request.calls > 1:
                 raise RuntimeError(f"hf_calib: {request.skipped}; the fused loss cannot serve this model.")
-            loss, stats = request.loss, request.stats
-            if loss is not None and request.calibration_rows is not None:
-                rows, row_stats = request.calibration_rows
-                n_samples, seq = shift_labels.shape[0], shift_labels.shape[-1]
-                self._calib_pending = pack_token_stats(
-                    row_stats, rows // seq, n_samples, n_bins=self.token_calibration.n_bins
-                )
+            loss, row_stats = request.loss, request.stats
             if loss is None:  # the head returned full logits (or never ran): use them
                 self._calib_warn(f"{request.skipped or 'the output layer did not run'}; such batches use full logits")
         else:
             outputs = model(**inputs)
         if loss is None:
             logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-            targets = shift_labels.to(logits.device)
-            loss = label_smoothing_ce(logits, targets, label_smoothing=eps, num_items_in_batch=num_items_in_batch)
-            if self._calib_wants_token_stats:
-                stats = token_stats_from_logits(logits, targets)
+            shift_labels = shift_labels.to(logits.device)
+            loss = label_smoothing_ce(
+                logits,
+                shift_labels,
+                label_smoothing=eps,
+                num_items_in_batch=num_items_in_batch,
+                return_stats=want_stats,
+            )
+            if want_stats:
+                loss, row_stats = loss
+        stats = None
+        if row_stats is not None:
+            # One softmax served the loss and every statistic below: no second pass over the output layer.
+            valid = shift_labels.to(row_stats.nll.device) != IGNORE_INDEX
             if collect:
-                self._calib_pending = self._calib_stats_from_logits(logits, targets)
+                self._calib_pending = pack_sample_stats(row_stats, valid, n_bins=self.token_calibration.n_bins)
+            if training:
+                self.train_token_calibration.add(row_stats, valid)
+            if self._calib_wants_token_stats:
+                stats = TokenStats.from_row_stats(row_stats, valid)
         # As Trainer.compute_loss: num_items_in_batch counts every rank's tokens and DDP averages gradients.
         if (
             self.args.average_tokens_across_devices
@@ -272,6 +291,23 @@ class CalibratedLossMixin:
 
     def _calib_after_loss(self, inputs: dict[str, Any], stats: TokenStats | None) -> None:
         """Hook for subclasses that log per-token statistics (no-op here)."""
+
+    def _calib_train_stats_wanted(self, model: nn.Module) -> bool:
+        return self.train_token_calibration is not None and model.training and torch.is_grad_enabled()
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """The base trainer's ``log``; a training log (the one with ``loss``) also gets the calibration of the
+        tokens trained on since the previous one (``token_ece``, ``token_nll``, ...; summed over processes)."""
+        calib = self.train_token_calibration
+        if calib is not None and "loss" in logs and (calib.pending or self.accelerator.num_processes > 1):
+            reduce = None
+            if self.accelerator.num_processes > 1:
+
+                def reduce(t: torch.Tensor) -> torch.Tensor:
+                    return self.accelerator.reduce(t, reduction="sum")
+
+            logs = {**logs, **calib.compute(self.args.device, reduce)}
+        super().log(logs, start_time)
 
     def _calib_base_loss(
         self,

@@ -39,9 +39,10 @@ class CalibratedSFTTrainer(BundlePushMixin, CalibratedLossMixin, SFTTrainer):
 
     TRL computes label smoothing from full logits with an extra forward pass; here the loss is
     fused into the single forward (see :class:`hf_calib.CalibratedLossMixin`). TRL's per-token
-    metrics are kept: ``entropy`` and ``mean_token_accuracy`` are measured on the non-ignored
-    tokens from one extra chunked, gradient-free pass over the output layer (the fused loss
-    itself does not return them), and ``num_tokens`` as TRL counts it.
+    metrics are kept: ``entropy`` and ``mean_token_accuracy`` of the non-ignored tokens come from
+    the fused loss's own softmax (the row statistics its kernels return with the loss: no second pass
+    over the output layer), and ``num_tokens`` as TRL counts it. The training-token calibration
+    (``token_ece``, ...) of :class:`~hf_calib.trainer.mixin.CalibratedLossMixin` is logged too.
 
     Hub pushes of a PEFT model carry the calibrated bundle and card, as with ``CalibratedTrainer``
     (``calibrated_adapter=``, ``args.push_calibrated_bundle``; see

@@ -92,6 +92,10 @@ def run(out: str, *, trainer: str, per_device: int, steps: int, fsdp: bool, outp
         sums[name] = [float(full.sum()), float(full.pow(2).sum())]
     report = {
         "losses": [h["loss"] for h in runner.state.log_history if "loss" in h],
+        # Training-token calibration logged with each loss (CalibratedTrainer only).
+        "train_calibration": [
+            {k: v for k, v in h.items() if k.startswith("token_")} for h in runner.state.log_history if "loss" in h
+        ],
         "head_widths": sorted(set(widths)),
         "fused": bool(getattr(runner, "fused_loss_active", False)),
         "world_size": runner.args.world_size,
