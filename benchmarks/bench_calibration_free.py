@@ -237,7 +237,20 @@ def _train_child(spec: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- parent
+def _too_big(spec: dict) -> str | None:
+    """Why a full-logits loss run would not fit in this machine's RAM (about 4.2 float32 ``[N, V]`` buffers)."""
+    if spec.get("method", "").startswith("ls"):
+        need = 4.2 * 4 * spec["N"] * spec["V"] + 8 * spec["V"] * spec["H"]
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+        if need > avail - 2 * 2**30:
+            return f"skipped: needs ~{need / 2**30:.1f} GiB, {avail / 2**30:.1f} GiB available"
+    return None
+
+
 def _run(spec: dict, timeout: float = 3600) -> dict:
+    if (reason := _too_big(spec)) is not None:
+        return {"error": reason}
     cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     for line in reversed(proc.stdout.splitlines()):

@@ -69,6 +69,32 @@ def _sech2(x):
 
 
 @triton.jit
+def _update_moments(run_ez, run_e2, run_arg, run_max, run_sum, shift, e, z_for_max, block_max, start):
+    """One block's step of the online statistics: ``sum e (z - m)``, ``sum e^2`` and the first argmax, rescaled
+    from the old maximum ``run_max`` to the new ``shift`` (see the module docstring); ``e = exp(z - shift)``."""
+    # (run_max - shift) * run_sum is 0 * -inf = NaN before the first finite logit: use 0 then.
+    delta = tl.where(run_max == -float("inf"), 0.0, run_max - shift)
+    alpha = tl.exp(delta)
+    e_shifted = tl.where(e > 0.0, e * (z_for_max - shift), 0.0)
+    run_ez = alpha * (run_ez + delta * run_sum) + tl.sum(e_shifted, axis=0)
+    run_e2 = alpha * alpha * run_e2 + tl.sum(e * e, axis=0)
+    block_arg = tl.argmax(z_for_max, axis=0) + start
+    run_arg = tl.where(block_max > run_max, block_arg, run_arg)
+    return run_ez, run_e2, run_arg
+
+
+@triton.jit
+def _store_row_stats(out, nll, run_sum, run_ez, run_e2, correct):
+    """Write confidence, correctness, NLL, entropy and Brier (the ``row_stats`` columns) at ``out``."""
+    inv = 1.0 / run_sum
+    tl.store(out, inv)
+    tl.store(out + 1, tl.where(correct, 1.0, 0.0))
+    tl.store(out + 2, nll)
+    tl.store(out + 3, tl.log(run_sum) - run_ez * inv)
+    tl.store(out + 4, tl.maximum(run_e2 * inv * inv - 2.0 * tl.exp(-nll) + 1.0, 0.0))
+
+
+@triton.jit
 def _label_smoothing_ce_rows_kernel(
     logits_ptr,
     labels_ptr,
@@ -90,7 +116,6 @@ def _label_smoothing_ce_rows_kernel(
     row_ptr = logits_ptr + row * stride_row
     target = tl.load(labels_ptr + row)
     cols = tl.arange(0, BLOCK_V)
-
     raw_target = tl.load(row_ptr + target).to(tl.float32)
     if HAS_SOFTCAP:
         z_target = cap * _tanh(raw_target / cap)
@@ -100,9 +125,7 @@ def _label_smoothing_ce_rows_kernel(
     run_max = -float("inf")
     run_sum = 0.0
     z_sum = 0.0
-    run_ez = 0.0  # sum_v e_v (z_v - run_max)      (HAS_STATS only)
-    run_e2 = 0.0  # sum_v e_v^2
-    run_arg = 0  # first index of run_max
+    run_ez, run_e2, run_arg = 0.0, 0.0, 0  # HAS_STATS: sum e (z - run_max), sum e^2, first argmax
     for start in range(0, vocab, BLOCK_V):
         offs = start + cols
         mask = offs < vocab
@@ -119,14 +142,9 @@ def _label_smoothing_ce_rows_kernel(
         shift = tl.where(new_max == -float("inf"), 0.0, new_max)
         e = tl.exp(z_for_max - shift)
         if HAS_STATS:
-            # (run_max - shift) * run_sum is 0 * -inf = NaN before the first finite logit: use 0 then.
-            delta = tl.where(run_max == -float("inf"), 0.0, run_max - shift)
-            alpha = tl.exp(delta)
-            e_shifted = tl.where(e > 0.0, e * (z_for_max - shift), 0.0)
-            run_ez = alpha * (run_ez + delta * run_sum) + tl.sum(e_shifted, axis=0)
-            run_e2 = alpha * alpha * run_e2 + tl.sum(e * e, axis=0)
-            block_arg = tl.argmax(z_for_max, axis=0) + start
-            run_arg = tl.where(block_max > run_max, block_arg, run_arg)
+            run_ez, run_e2, run_arg = _update_moments(
+                run_ez, run_e2, run_arg, run_max, run_sum, shift, e, z_for_max, block_max, start
+            )
         run_sum = run_sum * tl.exp(run_max - shift) + tl.sum(e, axis=0)
         run_max = new_max
         if HAS_SMOOTHING:
@@ -138,16 +156,7 @@ def _label_smoothing_ce_rows_kernel(
         loss -= eps_over_v * z_sum
     tl.store(loss_ptr + row, loss)
     if HAS_STATS:
-        nll = lse - z_target
-        inv = 1.0 / run_sum
-        brier = tl.maximum(run_e2 * inv * inv - 2.0 * tl.exp(-nll) + 1.0, 0.0)
-        out = stats_ptr + row * 5
-        tl.store(out, inv)
-        tl.store(out + 1, tl.where(run_arg == target, 1.0, 0.0))
-        tl.store(out + 2, nll)
-        tl.store(out + 3, tl.log(run_sum) - run_ez * inv)
-        tl.store(out + 4, brier)
-
+        _store_row_stats(stats_ptr + row * 5, lse - z_target, run_sum, run_ez, run_e2, run_arg == target)
     if HAS_GRAD:
         scale = tl.load(grad_scale_ptr + row).to(tl.float32)
         for start in range(0, vocab, BLOCK_V):

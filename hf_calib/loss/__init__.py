@@ -37,14 +37,13 @@ from .head import (
 from .token_calibration import (
     TokenCalibrationConfig,
     TokenCalibrationMetrics,
-    pack_sample_stats,
     pack_token_stats,
     stats_width,
     token_calibration_metrics,
     token_calibration_state,
     token_calibration_stats,
 )
-from .train_calibration import TrainTokenCalibration
+from .train_calibration import TrainTokenCalibration, pack_sample_stats
 
 __all__ = [
     "FusedLossLinear",

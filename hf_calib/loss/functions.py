@@ -214,6 +214,39 @@ def _run(
     return out if stats is None else (out, stats)
 
 
+def _check_linear_inputs(hidden, weight, labels, bias) -> tuple[int, int]:
+    """Types, shapes, devices and dtypes of :func:`fused_linear_label_smoothing_ce`'s tensors; ``(V, H)``."""
+    for name, t in (("hidden", hidden), ("weight", weight)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor; got {type(t).__name__}.")
+    if not hidden.dtype.is_floating_point:
+        raise ValueError(f"hidden must be a floating-point tensor; got {hidden.dtype}.")
+    if hidden.dim() < 1:
+        raise ValueError("hidden must have shape [..., H]; got a 0-d tensor.")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must have shape [V, H]; got {tuple(weight.shape)}.")
+    vocab, width = weight.shape
+    if hidden.shape[-1] != width:
+        raise ValueError(f"hidden's last dimension ({hidden.shape[-1]}) must equal weight.shape[1] ({width}).")
+    if not isinstance(labels, torch.Tensor) or labels.shape != hidden.shape[:-1]:
+        raise ValueError(
+            f"labels must have shape {tuple(hidden.shape[:-1])} (hidden's shape without H); "
+            f"got {tuple(getattr(labels, 'shape', ()))}. Shift labels before calling."
+        )
+    tensors = {"weight": weight, "labels": labels} | ({"bias": bias} if bias is not None else {})
+    for name, t in tensors.items():
+        if t.device != hidden.device:
+            raise ValueError(f"{name} is on {t.device} but hidden is on {hidden.device}; move them together.")
+    if weight.dtype != hidden.dtype:
+        raise ValueError(f"weight dtype {weight.dtype} must equal hidden dtype {hidden.dtype}.")
+    if bias is not None:
+        if bias.shape != (vocab,):
+            raise ValueError(f"bias must have shape [{vocab}]; got {tuple(bias.shape)}.")
+        if bias.dtype != hidden.dtype:
+            raise ValueError(f"bias dtype {bias.dtype} must equal hidden dtype {hidden.dtype}.")
+    return vocab, width
+
+
 def fused_linear_label_smoothing_ce(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -260,34 +293,7 @@ def fused_linear_label_smoothing_ce(
     Rows are processed in chunks; only ``[chunk, V]`` logits exist at any time. For "mean"/"sum"
     the gradients are computed during forward; "none" recomputes chunk logits in backward.
     """
-    for name, t in (("hidden", hidden), ("weight", weight)):
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor; got {type(t).__name__}.")
-    if not hidden.dtype.is_floating_point:
-        raise ValueError(f"hidden must be a floating-point tensor; got {hidden.dtype}.")
-    if hidden.dim() < 1:
-        raise ValueError("hidden must have shape [..., H]; got a 0-d tensor.")
-    if weight.dim() != 2:
-        raise ValueError(f"weight must have shape [V, H]; got {tuple(weight.shape)}.")
-    vocab, width = weight.shape
-    if hidden.shape[-1] != width:
-        raise ValueError(f"hidden's last dimension ({hidden.shape[-1]}) must equal weight.shape[1] ({width}).")
-    if not isinstance(labels, torch.Tensor) or labels.shape != hidden.shape[:-1]:
-        raise ValueError(
-            f"labels must have shape {tuple(hidden.shape[:-1])} (hidden's shape without H); "
-            f"got {tuple(getattr(labels, 'shape', ()))}. Shift labels before calling."
-        )
-    tensors = {"weight": weight, "labels": labels} | ({"bias": bias} if bias is not None else {})
-    for name, t in tensors.items():
-        if t.device != hidden.device:
-            raise ValueError(f"{name} is on {t.device} but hidden is on {hidden.device}; move them together.")
-    if weight.dtype != hidden.dtype:
-        raise ValueError(f"weight dtype {weight.dtype} must equal hidden dtype {hidden.dtype}.")
-    if bias is not None:
-        if bias.shape != (vocab,):
-            raise ValueError(f"bias must have shape [{vocab}]; got {tuple(bias.shape)}.")
-        if bias.dtype != hidden.dtype:
-            raise ValueError(f"bias dtype {bias.dtype} must equal hidden dtype {hidden.dtype}.")
+    vocab, width = _check_linear_inputs(hidden, weight, labels, bias)
     _check_common(
         labels, vocab, label_smoothing=label_smoothing, ignore_index=ignore_index,
         reduction=reduction, softcap=softcap,

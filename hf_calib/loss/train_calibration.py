@@ -22,7 +22,34 @@ from hf_calib_kernels.row_stats import RowStats
 from ..metrics import CalibrationState
 from .token_calibration import DEFAULT_PREFIX, metric_summary, stats_width
 
-__all__ = ["TrainTokenCalibration"]
+__all__ = ["TrainTokenCalibration", "pack_sample_stats"]
+
+
+def pack_sample_stats(stats: RowStats, valid: torch.Tensor, *, n_bins: int = 15) -> torch.Tensor:
+    """Per-sample sufficient statistics ``[B, 3 * n_bins + 3]`` of token statistics shaped ``[B, T]`` (as the loss
+    returns them), over the positions where ``valid [B, T]`` holds; masked rather than selected.
+
+    Raises:
+        ValueError: if a valid token's statistics are NaN or inf (its logits held NaN or +inf).
+    """
+    n_samples = valid.shape[0]
+    valid = valid.to(stats.confidence.device)
+    n_bad = int((valid & ~stats.finite()).sum().item())
+    if n_bad:
+        raise ValueError(
+            f"logits contain NaN or inf at {n_bad} supervised position(s) (labels != ignore_index); the model "
+            "diverged or its output was corrupted. Token calibration needs finite logits: fix the model, or set "
+            "those labels to the ignore index."
+        )
+    sample = torch.arange(n_samples, device=valid.device).unsqueeze(1).expand_as(valid)
+    group = torch.where(valid, sample, n_samples).reshape(-1)  # ignored tokens: an extra group, dropped
+    zero = torch.zeros((), dtype=stats.confidence.dtype, device=valid.device)
+    confidence, nll, brier = (
+        torch.where(valid, t, zero).reshape(-1) for t in (stats.confidence, stats.nll, stats.brier)
+    )
+    correct = (stats.correct & valid).reshape(-1)
+    packed = CalibrationState.pack_rows(confidence, correct, nll, brier, group, n_samples + 1, n_bins=n_bins)
+    return packed[:n_samples]
 
 
 class TrainTokenCalibration:

@@ -38,6 +38,7 @@ from ..loss import (
     stats_width,
     token_calibration_stats,
 )
+from ._multiple_choice import MultipleChoiceEvalMixin
 from .config import calibration_settings
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ class FusedLossFallbackWarning(UserWarning):
     """A causal LM trains on the logits path (full ``[B, T, V]`` logits) instead of the fused loss."""
 
 
-class CalibratedLossMixin:
+class CalibratedLossMixin(MultipleChoiceEvalMixin):
     """Mixin that gives any ``transformers.Trainer`` subclass the fused label-smoothing loss.
 
     Put it first in the bases: ``class MyTrainer(CalibratedLossMixin, MyBaseTrainer)``. It reads
@@ -267,16 +268,7 @@ class CalibratedLossMixin:
             )
             if want_stats:
                 loss, row_stats = loss
-        stats = None
-        if row_stats is not None:
-            # One softmax served the loss and every statistic below: no second pass over the output layer.
-            valid = shift_labels.to(row_stats.nll.device) != IGNORE_INDEX
-            if collect:
-                self._calib_pending = pack_sample_stats(row_stats, valid, n_bins=self.token_calibration.n_bins)
-            if training:
-                self.train_token_calibration.add(row_stats, valid)
-            if self._calib_wants_token_stats:
-                stats = TokenStats.from_row_stats(row_stats, valid)
+        stats = None if row_stats is None else self._calib_use_row_stats(row_stats, shift_labels, collect, training)
         # As Trainer.compute_loss: num_items_in_batch counts every rank's tokens and DDP averages gradients.
         if (
             self.args.average_tokens_across_devices
@@ -292,20 +284,28 @@ class CalibratedLossMixin:
     def _calib_after_loss(self, inputs: dict[str, Any], stats: TokenStats | None) -> None:
         """Hook for subclasses that log per-token statistics (no-op here)."""
 
+    def _calib_use_row_stats(
+        self, row_stats: Any, shift_labels: torch.Tensor, collect: bool, training: bool
+    ) -> TokenStats | None:
+        """Route the loss's per-token statistics: this evaluation batch's per-sample rows, the running
+        training-token calibration, and TRL's entropy / accuracy (returned). One softmax served the loss and all of
+        them: no second pass over the output layer."""
+        valid = shift_labels.to(row_stats.nll.device) != IGNORE_INDEX
+        if collect:
+            self._calib_pending = pack_sample_stats(row_stats, valid, n_bins=self.token_calibration.n_bins)
+        if training:
+            self.train_token_calibration.add(row_stats, valid)
+        return TokenStats.from_row_stats(row_stats, valid) if self._calib_wants_token_stats else None
+
     def _calib_train_stats_wanted(self, model: nn.Module) -> bool:
         return self.train_token_calibration is not None and model.training and torch.is_grad_enabled()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """The base trainer's ``log``; a training log (the one with ``loss``) also gets the calibration of the
         tokens trained on since the previous one (``token_ece``, ``token_nll``, ...; summed over processes)."""
-        calib = self.train_token_calibration
-        if calib is not None and "loss" in logs and (calib.pending or self.accelerator.num_processes > 1):
-            reduce = None
-            if self.accelerator.num_processes > 1:
-
-                def reduce(t: torch.Tensor) -> torch.Tensor:
-                    return self.accelerator.reduce(t, reduction="sum")
-
+        calib, distributed = self.train_token_calibration, self.accelerator.num_processes > 1
+        if calib is not None and "loss" in logs and (calib.pending or distributed):
+            reduce = (lambda t: self.accelerator.reduce(t, reduction="sum")) if distributed else None
             logs = {**logs, **calib.compute(self.args.device, reduce)}
         super().log(logs, start_time)
 
@@ -396,37 +396,3 @@ class CalibratedLossMixin:
             metrics = self.token_calibration.metrics_from_stats(total)
             output.metrics.update({f"{metric_key_prefix}_{key}": value for key, value in metrics.items()})
         return self._mc_merge(output)
-
-    def evaluate(
-        self,
-        eval_dataset: Any = None,
-        ignore_keys: list[str] | None = None,
-        metric_key_prefix: str = "eval",
-    ) -> dict[str, float]:
-        """The base trainer's ``evaluate``; with ``multiple_choice``, its metrics run once per call.
-
-        The outermost call arms them with its ``metric_key_prefix``; the first evaluation loop inside it
-        (the only one, or the first dataset's of a dict of eval datasets) adds them to its metrics, so
-        they are logged in Trainer's own evaluation entry. ``predict()`` does not run them.
-        """
-        outer = self._mc_depth == 0
-        if outer and self.multiple_choice:
-            self._mc_prefix = metric_key_prefix
-        self._mc_depth += 1
-        try:
-            return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
-        finally:
-            self._mc_depth -= 1
-            if outer:
-                self._mc_prefix = None
-
-    def _mc_merge(self, output: Any) -> Any:
-        """Add the armed multiple-choice metrics to an evaluation loop's output (see :meth:`evaluate`)."""
-        prefix, self._mc_prefix = self._mc_prefix, None
-        if prefix is not None:
-            from ..callbacks.multiple_choice import run_multiple_choice
-
-            progress = self.is_world_process_zero() and not self.args.disable_tqdm
-            mc = run_multiple_choice(self.multiple_choice, self.model, self.processing_class, prefix, progress=progress)
-            output.metrics.update(mc)
-        return output
