@@ -13,6 +13,7 @@ import difflib
 import json
 import os
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import IO, Any
 
 
@@ -203,3 +204,53 @@ def first_exchanges(
         if limit is not None and len(chats) >= limit:
             break
     return ids, chats
+
+
+# ----------------------------------------------------------------------------------------------
+# Chatterbot corpus
+# ----------------------------------------------------------------------------------------------
+
+
+def read_chatterbot_yaml(path: str | os.PathLike[str]) -> tuple[list[str], list[list[str]]]:
+    """``(categories, conversations)`` of one chatterbot-corpus ``.yml`` file; a conversation is a list of turns.
+
+    Items that are not a list of at least two strings are skipped: the shipped ``trivia.yml`` (1.3.3)
+    has one entry whose question and answer were merged into a single string by a missing ``-``.
+    """
+    import yaml  # a dependency of transformers and huggingface-hub
+
+    with open(path, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh)
+    if not isinstance(data, dict) or not isinstance(data.get("conversations"), list):
+        raise ValueError(f"{path} is not a chatterbot corpus file (a mapping with a 'conversations' list).")
+    categories = [str(c) for c in data.get("categories") or []]
+    conversations = [
+        [turn.strip() for turn in item]
+        for item in data["conversations"]
+        if isinstance(item, list) and len(item) >= 2 and all(isinstance(turn, str) for turn in item)
+    ]
+    return categories, conversations
+
+
+def chatterbot_files(folder: str | os.PathLike[str]) -> dict[str, Path]:
+    """``{category: path}`` of the ``.yml`` files in a chatterbot-corpus language folder."""
+    folder = Path(folder)
+    files = {f.stem: f for f in sorted(folder.glob("*.yml"))} if folder.is_dir() else {}
+    if not files:
+        raise FileNotFoundError(f"{str(folder)!r} is not a folder of chatterbot-corpus .yml files.")
+    return files
+
+
+def chatterbot_first_exchanges(
+    folder: str | os.PathLike[str], categories: str | Iterable[str] | None
+) -> list[tuple[str, str, str]]:
+    """``(category, prompt, response)``: the first two turns of each conversation, exact duplicates dropped."""
+    files = chatterbot_files(folder)
+    names = list(files) if categories is None else [categories] if isinstance(categories, str) else list(categories)
+    if not names or any(name not in files for name in names):
+        raise ValueError(f"categories must be None (all) or names from {sorted(files)}; got {categories!r}.")
+    rows: dict[tuple[str, str, str], None] = {}
+    for name in names:
+        for turns in read_chatterbot_yaml(files[name])[1]:
+            rows.setdefault((name, turns[0], turns[1]), None)
+    return list(rows)

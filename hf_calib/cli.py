@@ -41,6 +41,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    """An argparse type: an integer >= 0 (a number of examples, 0 allowed)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0; got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0; got {value}")
+    return value
+
+
 def _smoothing(text: str) -> float:
     try:
         value = float(text)
@@ -88,6 +99,38 @@ def _common(parser: argparse.ArgumentParser, *, model_default: str | None = "smo
     )
     parser.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def _add_specialize(sub: argparse._SubParsersAction) -> None:
+    """``hf-calib specialize``: the specialization sweep (:mod:`.recipes.specialization_cli`)."""
+    sp = sub.add_parser(
+        "specialize",
+        help="specialization trade-off: LoRA on general chats + n target examples for each n; table, JSON, plot",
+        description="For each --n: a fresh LoRA adapter trained on the same general ShareGPT chats plus n movie-review "
+        "sentiment examples (same steps, same seed); the base model and every adapter scored on the target task "
+        "(label accuracy, ECE, exact match), general replies (ROUGE-L), token calibration on held-out chats and "
+        "optionally MMLU calibration and an LLM judge. Writes specialization.json, .md and .png.",
+    )
+    _common(sp)
+    sp.add_argument("--n", type=_count, nargs="+", default=[0, 10, 100], help="target examples per run (0 10 100)")
+    sp.add_argument("--target", choices=["rotten_tomatoes", "imdb"], default="rotten_tomatoes", help="target reviews")
+    sp.add_argument("--general-examples", type=_positive_int, default=160, help="general training chats (default 160)")
+    sp.add_argument("--general-eval", type=_positive_int, default=24, help="held-out chats: replies and token ECE")
+    sp.add_argument("--target-eval", type=_positive_int, default=200, help="held-out reviews (default 200)")
+    sp.add_argument("--steps", type=_positive_int, default=30, help="training steps, the same for every n (default 30)")
+    sp.add_argument("--batch-size", type=_positive_int, default=4, help="default 4")
+    sp.add_argument("--lr", type=_positive_float(1.0), default=1e-3, help="LoRA learning rate (default 1e-3)")
+    sp.add_argument("--label-smoothing", type=_smoothing, default=0.1, help="default 0.1")
+    sp.add_argument("--max-length", type=_positive_int, default=128, help="tokens per training chat (default 128)")
+    sp.add_argument("--max-chars", type=_positive_int, default=500, help="longest chat / review in characters")
+    sp.add_argument("--max-new-tokens", type=_positive_int, default=48, help="reply length for general prompts")
+    sp.add_argument("--exact-match", type=_count, default=50, help="target prompts answered greedily (0: skip)")
+    sp.add_argument("--mmlu-subjects", nargs="+", help="also MMLU calibration on these subjects (default: none)")
+    sp.add_argument("--mmlu-limit", type=_positive_int, default=20, help="questions per MMLU subject (default 20)")
+    sp.add_argument("--judge", default=None, help="a causal LM that judges general replies ('smollm2'); default none")
+    sp.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: leave as is)")
+    sp.add_argument("--save-adapters", action="store_true", help="keep each adapter in OUTPUT_DIR/adapters/n<N>")
+    sp.add_argument("--output-dir", type=Path, default=Path("outputs/specialization"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("--train-size", type=_positive_int, default=2000)
     ad.add_argument("--test-size", type=_positive_int, default=1000)
     ad.add_argument("--output-dir", type=Path, default=Path("outputs/adue"))
+
+    _add_specialize(sub)
 
     bench = sub.add_parser("bench", help="benchmark the fused loss against Trainer's LabelSmoother (see --help)")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of the benchmark, e.g. --quick")

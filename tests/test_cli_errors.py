@@ -161,6 +161,9 @@ BAD_ARGUMENTS = [
     (["adue", "--train-size", "0"], "argument --train-size"),
     (["adue", "--source", "yelp"], "argument --source"),
     (["adue", "--device", "toaster"], "--device"),
+    # specialize (more cases: tests/test_specialization.py)
+    (["specialize", "--n", "0", "-5"], "argument --n: expected a whole number >= 0; got -5"),
+    (["specialize", "--model", "{vision}"], "'vit' model, which transformers cannot load as a causal LM"),
     # push (the lead's recipe: the generic handling of main())
     (["push", "{file}", "--repo-id", "me/bundle"], "is not a folder"),
     (["push", "{empty}"], "--repo-id"),
@@ -289,7 +292,8 @@ HELP_WITHOUT_TORCH = """
 import contextlib, io, sys
 from hf_calib import cli
 # sft is left out: its flags are TrainingArguments', so its --help imports transformers (test_sft_help below).
-for argv in (["--help"], *([sub, "--help"] for sub in ("demo", "eval", "thermometer", "adue", "push", "bench"))):
+subcommands = ("demo", "eval", "thermometer", "adue", "push", "bench", "specialize")
+for argv in (["--help"], *([sub, "--help"] for sub in subcommands)):
     with contextlib.redirect_stdout(io.StringIO()) as out:
         try:
             cli.main(argv)

@@ -1,4 +1,7 @@
-"""LLM judge (parsing, counts, stub and tiny-model judges) and the offline reference metrics ROUGE-L / BLEU."""
+"""LLM judge (parsing, counts, stub and tiny-model judges) and the offline reference metrics ROUGE-L / BLEU.
+
+Probability scoring (expected scores from the judge's token probabilities): tests/test_judge_probability.py.
+"""
 
 from __future__ import annotations
 
@@ -90,7 +93,7 @@ def test_judge_input_errors():
     with pytest.raises(TypeError, match="must return a str"):
         LLMJudge(lambda p: 7).score(["a"], ["x"], ["r"])
     with pytest.raises(TypeError, match="callable"):
-        LLMJudge("gpt")
+        LLMJudge(42)
     with pytest.raises(ValueError, match="tokenizer"):
         LLMJudge(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="\\{reference\\}"):

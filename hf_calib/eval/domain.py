@@ -6,11 +6,14 @@ template, the same chat-template choice, and for FTICL models the same demonstra
 - **classification**: accuracy of ``argmax_j z[t_j]``, where ``z`` is the next-token logit vector right after
   the prompt and ``t_j`` the first token of the completion of class ``j`` (e.g. ``" positive"``) -- the
   label tokens' first-step logits;
-- **generation**: mean ROUGE-L F1 between the greedy continuation and the rendered completion.
+- **generation**: mean ROUGE-L F1 and corpus BLEU between the greedy continuations and the rendered
+  completions (:func:`domain_scores`; :func:`evaluate_domains` keeps the first metric only).
 
 :func:`domain_report` returns a :class:`DomainReport` whose :meth:`~DomainReport.table` is a Markdown table
-(models as rows, datasets as columns, the training domain marked). Protocol and differences from the paper:
-``docs/data_and_eval.md``, section "In-domain vs out-of-domain".
+(models as rows, datasets as columns, the training domain marked); given one list of models per seed it
+reports the mean and the standard error over seeds of every cell. Protocol and differences from the paper:
+``docs/data_and_eval.md``, section "In-domain vs out-of-domain". Cross-task tables (train on task A,
+evaluate on A and B): :mod:`hf_calib.eval.cross_task`.
 """
 
 from __future__ import annotations
@@ -29,16 +32,42 @@ from hf_calib.data.templates import TaskTemplate, Template, check_template
 
 from .._model_utils import eval_mode, pad_token_id
 from .decoding import generate_from_ids
-from .reference import rouge_l
+from .reference import bleu, rouge_l
+from .report_tables import _summary, format_cell, format_domain_table, mean_se
 from .scoring import _batches, _Forward
 
 if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["DomainModel", "DomainReport", "domain_report", "evaluate_domains", "format_domain_table", "label_token_ids"]
+__all__ = [
+    "TASK_METRICS",
+    "DomainModel",
+    "DomainReport",
+    "domain_report",
+    "domain_scores",
+    "evaluate_domains",
+    "format_cell",
+    "format_domain_table",
+    "label_token_ids",
+    "mean_se",
+]
 
-TASKS = ("classification", "generation")
+# The metrics each task reports, the first being the headline one (``evaluate_domains``, ``DomainReport.metric``).
+TASK_METRICS: dict[str, tuple[str, ...]] = {"classification": ("accuracy",), "generation": ("rougeL", "bleu")}
+TASKS = tuple(TASK_METRICS)
+_GENERATION_METRICS = {"rougeL": rouge_l, "bleu": bleu}
+
+
+def _check_metrics(task: str, metrics: Sequence[str] | None) -> tuple[str, ...]:
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}; got {task!r}.")
+    if metrics is None:
+        return TASK_METRICS[task]
+    metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+    if not metrics or any(m not in TASK_METRICS[task] for m in metrics) or len(set(metrics)) != len(metrics):
+        raise ValueError(f"metrics for task={task!r} must be distinct names from {TASK_METRICS[task]}; got {metrics}.")
+    return metrics
 
 
 def label_token_ids(
@@ -96,13 +125,14 @@ def _first_step_logits(
 
 
 @torch.no_grad()
-def evaluate_domains(
+def domain_scores(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     datasets: Mapping[str, Dataset],
     template: Template,
     *,
     task: str = "classification",
+    metrics: Sequence[str] | None = None,
     demonstrations: Sequence[Mapping[str, Any]] = (),
     max_examples: int | None = None,
     batch_size: int = 8,
@@ -110,14 +140,18 @@ def evaluate_domains(
     use_chat_template: bool | None = None,
     separator: str = DEMONSTRATION_SEPARATOR,
     show_progress: bool = True,
-) -> dict[str, float]:
-    """``{dataset name: score}`` of one model: accuracy (classification) or mean ROUGE-L F1 (generation).
+    replies: dict[str, list[str]] | None = None,
+) -> dict[str, dict[str, float]]:
+    """``{dataset name: {metric: score}}`` of one model.
 
-    Only the first ``max_examples`` rows of each dataset are used (``None``: all); shuffle beforehand for a
-    random sample. ``demonstrations`` go in front of every prompt, as in :func:`hf_calib.data.fticl_dataset`.
+    ``metrics`` (default :data:`TASK_METRICS` ``[task]``): ``"accuracy"`` for classification; ``"rougeL"``
+    (mean ROUGE-L F1, ``[0, 1]``) and ``"bleu"`` (corpus BLEU, ``[0, 100]``) of the greedy replies for
+    generation. Only the first ``max_examples`` rows of each dataset are used (``None``: all); shuffle
+    beforehand for a random sample. ``demonstrations`` go in front of every prompt, as in
+    :func:`hf_calib.data.fticl_dataset`. Pass a dict as ``replies`` to receive the generated texts
+    (``{dataset name: [reply, ...]}``; generation only).
     """
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}; got {task!r}.")
+    metrics = _check_metrics(task, metrics)
     if not datasets:
         raise ValueError("datasets is empty; pass {name: Dataset} with at least one dataset.")
     if max_examples is not None and max_examples < 1:
@@ -139,19 +173,39 @@ def evaluate_domains(
             pad_id = pad_token_id(tokenizer, strict=True)
             logits = _first_step_logits(model, prompts, classes, pad_id, batch_size, show_progress, name)
             labels = torch.tensor(dataset[template.label_column()])
-            scores[name] = (logits.argmax(-1) == labels).float().mean().item()
-        else:
-            replies = generate_from_ids(
-                model,
-                tokenizer,
-                prompts,
-                max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
-                show_progress=show_progress,
-                desc=f"generating ({name})",
-            )
-            scores[name] = rouge_l(replies, completions)
+            scores[name] = {"accuracy": (logits.argmax(-1) == labels).float().mean().item()}
+            continue
+        texts = generate_from_ids(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            show_progress=show_progress,
+            desc=f"generating ({name})",
+        )
+        scores[name] = {m: _GENERATION_METRICS[m](texts, completions) for m in metrics}
+        if replies is not None:
+            replies[name] = list(texts)
     return scores
+
+
+def evaluate_domains(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    datasets: Mapping[str, Dataset],
+    template: Template,
+    *,
+    task: str = "classification",
+    **kwargs: Any,
+) -> dict[str, float]:
+    """``{dataset name: score}`` of one model: accuracy (classification) or mean ROUGE-L F1 (generation).
+
+    The headline metric of :func:`domain_scores` (same arguments; ``metrics=`` picks another single one).
+    """
+    metrics = _check_metrics(task, kwargs.pop("metrics", None))[:1]
+    scores = domain_scores(model, tokenizer, datasets, template, task=task, metrics=metrics, **kwargs)
+    return {name: row[metrics[0]] for name, row in scores.items()}
 
 
 @dataclass
@@ -166,69 +220,101 @@ class DomainModel:
 
 @dataclass
 class DomainReport:
-    """``scores[model][dataset]`` for one ``metric``; ``in_domain`` names the training dataset (or ``None``)."""
+    """``scores[model][dataset]``: the headline ``metric`` (mean over seeds); ``in_domain``: the training dataset.
+
+    ``seed_scores[model][dataset][metric]`` holds one value per seed for every metric of ``metrics``.
+    """
 
     metric: str
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     in_domain: str | None = None
+    metrics: tuple[str, ...] = ()
+    seed_scores: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
 
-    def table(self, digits: int = 3) -> str:
-        """The scores as a Markdown table (see :func:`format_domain_table`)."""
-        return format_domain_table(self.scores, metric=self.metric, in_domain=self.in_domain, digits=digits)
+    def table(self, digits: int = 3, metric: str | None = None) -> str:
+        """One metric (default the headline one) as a Markdown table (see :func:`format_domain_table`)."""
+        metric = metric or self.metric
+        if not self.seed_scores:
+            return format_domain_table(self.scores, metric=metric, in_domain=self.in_domain, digits=digits)
+        if metric not in (self.metrics or (self.metric,)):
+            raise ValueError(f"metric must be one of {self.metrics}; got {metric!r}.")
+        cells = {m: {d: v[metric] for d, v in row.items()} for m, row in self.seed_scores.items()}
+        return format_domain_table(cells, metric=metric, in_domain=self.in_domain, digits=digits)
+
+    def tables(self, digits: int = 3) -> str:
+        """One table per metric, separated by a blank line."""
+        return "\n\n".join(self.table(digits, m) for m in self.metrics or (self.metric,))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``{metrics, in_domain, scores: {model: {dataset: {metric: {mean, se, n, values}}}}}``."""
+        return {
+            "metrics": list(self.metrics or (self.metric,)),
+            "in_domain": self.in_domain,
+            "scores": {
+                model: {d: {m: _summary(v) for m, v in cell.items()} for d, cell in row.items()}
+                for model, row in self.seed_scores.items()
+            },
+        }
 
 
-def format_domain_table(
-    scores: Mapping[str, Mapping[str, float]], *, metric: str, in_domain: str | None = None, digits: int = 3
-) -> str:
-    """Markdown table: one row per model, one column per dataset (``name (in-domain)`` for the training one).
-
-    With two or more out-of-domain datasets an ``out-of-domain mean`` column is added. A model missing a
-    dataset shows ``-``.
-    """
-    if not scores:
-        raise ValueError("scores is empty; nothing to tabulate.")
-    datasets = list(dict.fromkeys(d for row in scores.values() for d in row))
-    if in_domain is not None and in_domain not in datasets:
-        raise ValueError(f"in_domain={in_domain!r} is not one of the datasets {datasets}.")
-    out_domain = [d for d in datasets if d != in_domain] if in_domain is not None else []
-    headers = [f"{d} (in-domain)" if d == in_domain else d for d in datasets]
-    if len(out_domain) >= 2:
-        headers.append("out-of-domain mean")
-    lines = [f"| model ({metric}) | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|"]
-    for model, row in scores.items():
-        cells = [f"{row[d]:.{digits}f}" if d in row else "-" for d in datasets]
-        if len(out_domain) >= 2:
-            values = [row[d] for d in out_domain if d in row]
-            cells.append(f"{sum(values) / len(values):.{digits}f}" if len(values) == len(out_domain) else "-")
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def _seed_lists(models: Sequence[DomainModel] | Sequence[Sequence[DomainModel]]) -> list[list[DomainModel]]:
+    """``models`` as one list per seed, each with the same unique names."""
+    if models and all(isinstance(m, DomainModel) for m in models):
+        runs = [list(models)]
+    elif models and all(isinstance(r, Sequence) and r and all(isinstance(m, DomainModel) for m in r) for r in models):
+        runs = [list(r) for r in models]
+    else:
+        raise ValueError(
+            "models must be a non-empty list of DomainModel(name, model, tokenizer, demonstrations), or one such "
+            "list per seed."
+        )
+    for run in runs:
+        if len({m.name for m in run}) != len(run):
+            raise ValueError("two models share a name; name each DomainModel uniquely.")
+        if {m.name for m in run} != {m.name for m in runs[0]}:
+            raise ValueError("every seed's list must hold the same model names.")
+    return runs
 
 
 def domain_report(
-    models: Sequence[DomainModel],
+    models: Sequence[DomainModel] | Sequence[Sequence[DomainModel]],
     datasets: Mapping[str, Dataset],
     template: Template,
     *,
     task: str = "classification",
+    metrics: Sequence[str] | None = None,
     in_domain: str | None = None,
     print_table: bool = True,
     **kwargs: Any,
 ) -> DomainReport:
-    """Score every model on every dataset (:func:`evaluate_domains`; ``kwargs`` go there) and tabulate.
+    """Score every model on every dataset (:func:`domain_scores`; ``kwargs`` go there) and tabulate.
 
-    Prints the Markdown table unless ``print_table=False``.
+    ``models`` is a list of :class:`DomainModel`, or one such list per seed (the same names in each): every
+    cell is then the mean over seeds with its standard error. Prints the tables unless ``print_table=False``.
     """
-    if not models or not all(isinstance(m, DomainModel) for m in models):
-        raise ValueError("models must be a non-empty list of DomainModel(name, model, tokenizer, demonstrations).")
-    if len({m.name for m in models}) != len(models):
-        raise ValueError("two models share a name; name each DomainModel uniquely.")
+    runs = _seed_lists(models)
+    metrics = _check_metrics(task, metrics)
     if in_domain is not None and in_domain not in datasets:
         raise ValueError(f"in_domain={in_domain!r} is not a key of datasets ({list(datasets)}).")
-    report = DomainReport(metric="accuracy" if task == "classification" else "rougeL", in_domain=in_domain)
-    for entry in models:
-        report.scores[entry.name] = evaluate_domains(
-            entry.model, entry.tokenizer, datasets, template, task=task, demonstrations=entry.demonstrations, **kwargs
-        )
+    report = DomainReport(metric=metrics[0], in_domain=in_domain, metrics=metrics)
+    for run in runs:
+        for entry in run:
+            scores = domain_scores(
+                entry.model,
+                entry.tokenizer,
+                datasets,
+                template,
+                task=task,
+                metrics=metrics,
+                demonstrations=entry.demonstrations,
+                **kwargs,
+            )
+            row = report.seed_scores.setdefault(entry.name, {})
+            for name, cell in scores.items():
+                for metric, value in cell.items():
+                    row.setdefault(name, {}).setdefault(metric, []).append(value)
+    for model in (m.name for m in runs[0]):
+        report.scores[model] = {d: mean_se(v[metrics[0]])[0] for d, v in report.seed_scores[model].items()}
     if print_table:
-        print(report.table())
+        print(report.tables())
     return report

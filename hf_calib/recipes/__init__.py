@@ -18,6 +18,7 @@ _MODULES = {
     "thermometer": "thermometer",
     "adue": "adue",
     "push": "push",
+    "specialize": "specialization_cli",
 }
 
 
