@@ -34,14 +34,15 @@ def _exp_with_moments_(shifted: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     """Overwrite ``shifted = z - m`` with ``e = exp(z - m)`` block by block; return ``(sum_v e_v (z_v - m),
     sum_v e_v^2)`` per row. A ``-inf`` logit has ``e = 0`` and adds 0 (not ``0 * -inf``)."""
     n_rows, vocab = shifted.shape
+    shifted.clamp_(min=torch.finfo(shifted.dtype).min)  # -inf -> lowest finite: exp is still 0; NaN stays NaN
     sum_ez = shifted.new_zeros(n_rows)
     sum_e2 = shifted.new_zeros(n_rows)
-    lowest = torch.finfo(shifted.dtype).min
     for start in range(0, vocab, STATS_BLOCK):
         block = shifted[:, start : start + STATS_BLOCK]
         e = torch.exp(block)
-        sum_ez += torch.linalg.vecdot(e, block.clamp(min=lowest))
-        sum_e2 += torch.linalg.vecdot(e, e)
+        # Row-wise dot products as batched [1, b] @ [b, 1] matmuls: no [C, b] product buffer.
+        sum_ez += torch.bmm(e.unsqueeze(1), block.unsqueeze(2)).view(n_rows)
+        sum_e2 += torch.bmm(e.unsqueeze(1), e.unsqueeze(2)).view(n_rows)
         block.copy_(e)
     return sum_ez, sum_e2
 
