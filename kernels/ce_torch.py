@@ -17,7 +17,8 @@ The smoothing mass is spread over all ``V`` classes, target included, exactly as
 With ``stats=True`` the same pass also returns the row statistics of :mod:`row_stats` (confidence,
 correctness, NLL, entropy, Brier): the exponentials are taken in column blocks that also add up
 ``sum_v e_v (z_v - m)`` and ``sum_v e_v^2``, so the only extra memory is one ``[C, block]`` temporary and the
-loss and gradient are bit for bit those computed without statistics.
+loss and gradient are bit for bit those computed without statistics. Without a gradient the exponentials
+are not written back (the loss then agrees with the statistics-free one to float32 rounding).
 """
 
 from __future__ import annotations
@@ -30,21 +31,27 @@ from .row_stats import stats_from_sums
 STATS_BLOCK = 8192
 
 
-def _exp_with_moments_(shifted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Overwrite ``shifted = z - m`` with ``e = exp(z - m)`` block by block; return ``(sum_v e_v (z_v - m),
-    sum_v e_v^2)`` per row. A ``-inf`` logit has ``e = 0`` and adds 0 (not ``0 * -inf``)."""
+def _exp_with_moments_(shifted: torch.Tensor, *, keep: bool) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Per row of ``shifted = z - m``: ``(sum_v e_v, sum_v e_v (z_v - m), sum_v e_v^2)`` with ``e = exp(z - m)``,
+    block by block. With ``keep`` the buffer is overwritten with ``e`` (the gradient needs it) and the first sum is
+    left to the caller (``None``), so that it is computed exactly as without statistics; without ``keep`` the
+    buffer is left as it is (no write-back pass). A ``-inf`` logit has ``e = 0`` and adds 0 (not ``0 * -inf``)."""
     n_rows, vocab = shifted.shape
-    shifted.clamp_(min=torch.finfo(shifted.dtype).min)  # -inf -> lowest finite: exp is still 0; NaN stays NaN
+    lowest = torch.finfo(shifted.dtype).min
+    sum_e = None if keep else shifted.new_zeros(n_rows)
     sum_ez = shifted.new_zeros(n_rows)
     sum_e2 = shifted.new_zeros(n_rows)
     for start in range(0, vocab, STATS_BLOCK):
-        block = shifted[:, start : start + STATS_BLOCK]
+        block = shifted[:, start : start + STATS_BLOCK].clamp_(min=lowest)  # -inf -> lowest: exp 0; NaN stays
         e = torch.exp(block)
         # Row-wise dot products as batched [1, b] @ [b, 1] matmuls: no [C, b] product buffer.
         sum_ez += torch.bmm(e.unsqueeze(1), block.unsqueeze(2)).view(n_rows)
         sum_e2 += torch.bmm(e.unsqueeze(1), e.unsqueeze(2)).view(n_rows)
-        block.copy_(e)
-    return sum_ez, sum_e2
+        if keep:
+            block.copy_(e)
+        else:
+            sum_e += e.sum(dim=1)
+    return sum_e, sum_ez, sum_e2
 
 
 def label_smoothing_ce_rows(
@@ -87,14 +94,17 @@ def label_smoothing_ce_rows(
 
     z_target = z[rows, labels]
     z_sum = z.sum(dim=1) if eps > 0.0 else None
+    sum_exp = None
     if stats:
         row_max, argmax = z.max(dim=1, keepdim=True)
         exp_z = z.sub_(row_max)  # z is consumed here
-        sum_ez, sum_e2 = _exp_with_moments_(exp_z)
+        sum_exp, sum_ez, sum_e2 = _exp_with_moments_(exp_z, keep=grad_scale is not None)
+        sum_exp = None if sum_exp is None else sum_exp.unsqueeze(1)
     else:
         row_max = z.amax(dim=1, keepdim=True)
         exp_z = z.sub_(row_max).exp_()  # z is consumed here
-    sum_exp = exp_z.sum(dim=1, keepdim=True)
+    if sum_exp is None:
+        sum_exp = exp_z.sum(dim=1, keepdim=True)
     lse = (row_max + sum_exp.log()).squeeze(1)
 
     loss = lse - (1.0 - eps) * z_target

@@ -4,7 +4,8 @@ Steps (each prints a progress bar when it takes more than a few seconds):
 
 1. the base causal LM's multiple-choice calibration on MMLU subjects (accuracy, ECE, diagram);
 2. two LoRA fine-tunes on ShareGPT turns through ``CalibratedTrainer`` and the fused loss, plain
-   cross-entropy and label smoothing 0.1, each measured on held-out turns (token level) and on MMLU;
+   cross-entropy and label smoothing 0.1, each measured on held-out turns (token level, also during training,
+   plotted against the training tokens' own calibration) and on MMLU;
 3. a Thermometer fitted on MMLU subjects of the smoothed model; held-out subjects' ECE before/after;
 4. an encoder classifier LoRA-tuned on movie reviews, an AdUE head, AUROC against softmax response;
 5. two calibrated adapter bundles (model card, diagrams) and ``report.md`` summarising every number.
@@ -25,6 +26,8 @@ from typing import Any
 import torch
 from transformers import set_seed
 
+from ._tiny_models import tiny_causal_lm, tiny_encoder
+from ._training_curves import report_curves
 from .common import format_table, hub_id, load_causal_lm, load_tokenizer, resolve_device, staged_dir, torch_threads
 from .mc import DEFAULT_SUBJECTS, mmlu_benchmark
 from .report import Report
@@ -51,6 +54,7 @@ class DemoPlan:
     sft_eval_turns: int = 32
     max_length: int = 128
     sft_batch_size: int = 8
+    sft_evaluations: int = 2
     held_out_subjects: int = 3
     thermometer_steps: int = 5000
     encoder_sizes: tuple[int, int, int] = (2000, 500, 500)
@@ -67,45 +71,13 @@ TINY = DemoPlan(
     sft_turns=16,
     sft_eval_turns=8,
     max_length=48,
-    sft_batch_size=4,
+    sft_batch_size=2,
     held_out_subjects=1,
     thermometer_steps=20,
     encoder_sizes=(48, 24, 24),
     adue_max_epochs=2,
     adue_grid=((1e-3,), (0.1,), (0.1,)),
 )
-
-
-def tiny_causal_lm(tokenizer: Any) -> torch.nn.Module:
-    """A 2-layer, 32-wide random Llama over ``tokenizer``'s vocabulary (smoke tests of the demo)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return LlamaForCausalLM(config)
-
-
-def tiny_encoder(vocab_size: int) -> torch.nn.Module:
-    from transformers import BertConfig, BertForSequenceClassification
-
-    config = BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=2,
-    )
-    return BertForSequenceClassification(config)
 
 
 class Demo:
@@ -201,9 +173,10 @@ class Demo:
         train, held_out = sharegpt_splits(
             self.tokenizer, plan.sft_turns, plan.sft_eval_turns, plan.max_length, self.args.seed
         )
-        settings = SFTSettings(
-            label_smoothing=epsilon, max_length=plan.max_length, batch_size=plan.sft_batch_size, seed=self.args.seed
-        )
+        settings = SFTSettings(  # no per-evaluation diagrams: they would go to the scratch folder
+            label_smoothing=epsilon, max_length=plan.max_length, batch_size=plan.sft_batch_size, seed=self.args.seed,
+            evaluations=plan.sft_evaluations, reliability_diagrams=False,
+        )  # fmt: skip
         return finetune_chat_lora(model, self.tokenizer, train, held_out, settings, output_dir=self.out / "scratch")
 
     def write_finetuning(self, mc: dict[str, Any], sft: dict[str, Any]) -> None:
@@ -239,9 +212,10 @@ class Demo:
             + "; ".join(f"{name} {gap:+.4f}" for name, gap in gaps.items())
             + ". These are short runs on a small slice: read the direction, not the size."
         )
+        curves = report_curves(self.report, sft, self.plot("finetuning_calibration"), root=self.out)
         self.report.results["finetuning"] = {
-            name: {"before": o.before, "after": o.after, "steps": o.steps, "seconds": round(o.seconds, 1)}
-            for name, o in sft.items()
+            name: {"before": o.before, "after": o.after, "steps": o.steps, "seconds": round(o.seconds, 1), "curves": c}
+            for (name, o), c in zip(sft.items(), curves.values(), strict=True)
         }
         self.summary += [{"what": f"MMLU ECE, {r['model']}", "value": r["ece"]} for r in rows]
         for name, outcome in sft.items():

@@ -13,6 +13,7 @@ import torch
 from transformers import DataCollatorForSeq2Seq, TrainingArguments
 
 from ..data import IGNORE_INDEX, tokenize_chat_completion
+from ..loss import TokenCalibrationConfig
 from ..trainer import CalibratedTrainer
 
 #: Token-level calibration keys CalibratedTrainer adds to evaluate()'s metrics.
@@ -32,8 +33,17 @@ class SFTSettings:
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     seed: int = 0
     show_progress: bool = True
+    #: Held-out evaluations spread evenly over training (every ``ceil(steps / (evaluations + 1))`` steps; Trainer
+    #: also evaluates the last step), besides the one before training; 0: before and after training only.
+    evaluations: int = 0
+    #: Write a reliability diagram PNG under ``output_dir/calibration/`` at each evaluation.
+    reliability_diagrams: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.reliability_diagrams, bool):
+            raise ValueError(f"reliability_diagrams must be True or False; got {self.reliability_diagrams!r}.")
+        if not isinstance(self.evaluations, int) or self.evaluations < 0:
+            raise ValueError(f"evaluations must be a non-negative integer; got {self.evaluations!r}.")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1); got {self.label_smoothing}.")
         for name in ("max_length", "batch_size", "lora_r"):
@@ -45,7 +55,12 @@ class SFTSettings:
 
 @dataclass
 class SFTOutcome:
-    """The trained (PEFT) model, evaluate() metrics before and after, the loss curve and the time."""
+    """The trained (PEFT) model, evaluate() metrics before and after, the loss curve and the time of ``train()``
+    (periodic evaluations included).
+
+    ``log_history`` is Trainer's ``state.log_history`` (training logs with ``loss`` and the training tokens'
+    ``token_*`` calibration, evaluations with ``eval_*``), preceded by the evaluation before training (step 0).
+    """
 
     model: Any
     before: dict[str, float]
@@ -54,6 +69,7 @@ class SFTOutcome:
     seconds: float = 0.0
     steps: int = 0
     fused: bool = False
+    log_history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def tokenize_turns(turns: Any, tokenizer: Any, max_length: int) -> Any:
@@ -139,6 +155,33 @@ def chat_splits(data: Any, tokenizer: Any, max_length: int, rows: int, held_out:
     return split["train"], split["test"]
 
 
+def _training_arguments(
+    settings: SFTSettings, steps: int, output_dir: str | Path, *, use_cpu: bool
+) -> TrainingArguments:
+    """The recipe's own ``TrainingArguments`` (when the caller gives none): cosine schedule, about 8 logs, and
+    ``settings.evaluations`` held-out evaluations spread over the ``steps``."""
+    evaluation: dict[str, Any] = {}
+    if settings.evaluations:
+        evaluation = {"eval_strategy": "steps", "eval_steps": math.ceil(steps / (settings.evaluations + 1))}
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        label_smoothing_factor=settings.label_smoothing,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.batch_size,
+        num_train_epochs=settings.epochs,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=min(2, steps - 1),
+        logging_steps=max(1, steps // 8),
+        save_strategy="no",
+        report_to=[],
+        use_cpu=use_cpu,
+        seed=settings.seed,
+        disable_tqdm=not settings.show_progress,
+        **evaluation,
+    )
+
+
 def finetune_chat_lora(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -172,37 +215,28 @@ def finetune_chat_lora(
     )
     model = get_peft_model(model, lora)
     steps = math.ceil(settings.epochs * len(train) / settings.batch_size)
-    args = TrainingArguments(
-        output_dir=str(output_dir),
-        label_smoothing_factor=settings.label_smoothing,
-        per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=settings.batch_size,
-        num_train_epochs=settings.epochs,
-        learning_rate=settings.learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=min(2, steps - 1),
-        logging_steps=max(1, steps // 8),
-        save_strategy="no",
-        report_to=[],
-        use_cpu=next(model.parameters()).device.type == "cpu",
-        seed=settings.seed,
-        disable_tqdm=not settings.show_progress,
-    )
-    if training_args is not None:
-        args = dataclasses.replace(training_args, output_dir=str(output_dir))
+    args = _training_arguments(settings, steps, output_dir, use_cpu=next(model.parameters()).device.type == "cpu")
+    calibration: dict[str, Any] = {
+        "calibration_metrics": TokenCalibrationConfig(reliability_diagram=settings.reliability_diagrams)
+    }
+    if training_args is not None:  # its own calibration settings
+        args, calibration = dataclasses.replace(training_args, output_dir=str(output_dir)), {}
     trainer = CalibratedTrainer(
         model=model,
         args=args,
         train_dataset=train,
         eval_dataset=held_out,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX),
+        **calibration,
     )
     _log_into_output_dir(trainer)
     before = trainer.evaluate()
+    history = [*trainer.state.log_history]  # train() starts a new state: keep the evaluation before it
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    after = trainer.evaluate()
+    after = _final_evaluation(trainer)
+    history += trainer.state.log_history
     losses = [(int(e["step"]), float(e["loss"])) for e in trainer.state.log_history if "loss" in e]
     return SFTOutcome(
         model=model,
@@ -212,7 +246,18 @@ def finetune_chat_lora(
         seconds=seconds,
         steps=trainer.state.global_step,
         fused=bool(trainer.fused_loss_active),
+        log_history=history,
     )
+
+
+def _final_evaluation(trainer: CalibratedTrainer) -> dict[str, float]:
+    """The held-out metrics of the trained weights: those of the evaluation Trainer ran at the last step (under
+    a step or epoch evaluation strategy, unless it then loaded the best checkpoint), else a new ``evaluate()``."""
+    evaluations = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
+    last_step = evaluations and evaluations[-1].get("step") == trainer.state.global_step
+    if last_step and not trainer.args.load_best_model_at_end:
+        return evaluations[-1]
+    return trainer.evaluate()
 
 
 def _log_into_output_dir(trainer: CalibratedTrainer) -> None:
