@@ -15,9 +15,9 @@ The smoothing mass is spread over all ``V`` classes, target included, exactly as
 ``torch.nn.functional.cross_entropy(label_smoothing=eps)``.
 
 With ``stats=True`` the same pass also returns the row statistics of :mod:`row_stats` (confidence,
-correctness, NLL, entropy, Brier): the exponentials are taken in column blocks that also add up
-``sum_v e_v (z_v - m)`` and ``sum_v e_v^2``, so the only extra memory is one ``[C, block]`` temporary and the
-loss and gradient are bit for bit those computed without statistics. Without a gradient the exponentials
+correctness, NLL, entropy, Brier): the exponentials are taken in blocks of whole rows (about 1 MiB, so they stay
+in cache) that also add up ``sum_v e_v (z_v - m)`` and ``sum_v e_v^2``, so the only extra memory is one such
+block, and the loss and gradient are bit for bit those computed without statistics. Without a gradient the exponentials
 are not written back (the loss then agrees with the statistics-free one to float32 rounding).
 """
 
@@ -27,30 +27,32 @@ import torch
 
 from .row_stats import stats_from_sums
 
-#: Columns per block when the exponentials also feed the row statistics.
-STATS_BLOCK = 8192
+#: Bytes of float32 logits per block of rows when the exponentials also feed the row statistics: a block this
+#: small stays in the CPU's cache for its few passes (exponentials, two dot products, sum or write-back).
+STATS_BLOCK_BYTES = 1 << 20
 
 
 def _exp_with_moments_(shifted: torch.Tensor, *, keep: bool) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """Per row of ``shifted = z - m``: ``(sum_v e_v, sum_v e_v (z_v - m), sum_v e_v^2)`` with ``e = exp(z - m)``,
-    block by block. With ``keep`` the buffer is overwritten with ``e`` (the gradient needs it) and the first sum is
-    left to the caller (``None``), so that it is computed exactly as without statistics; without ``keep`` the
-    buffer is left as it is (no write-back pass). A ``-inf`` logit has ``e = 0`` and adds 0 (not ``0 * -inf``)."""
+    a block of whole rows at a time. With ``keep`` the buffer is overwritten with ``e`` (the gradient needs it) and
+    the first sum is left to the caller (``None``), so that it is computed exactly as without statistics; without
+    ``keep`` the buffer is left as it is. A ``-inf`` logit has ``e = 0`` and adds 0 (not ``0 * -inf``)."""
     n_rows, vocab = shifted.shape
     lowest = torch.finfo(shifted.dtype).min
-    sum_e = None if keep else shifted.new_zeros(n_rows)
-    sum_ez = shifted.new_zeros(n_rows)
-    sum_e2 = shifted.new_zeros(n_rows)
-    for start in range(0, vocab, STATS_BLOCK):
-        block = shifted[:, start : start + STATS_BLOCK].clamp_(min=lowest)  # -inf -> lowest: exp 0; NaN stays
+    step = max(1, STATS_BLOCK_BYTES // (4 * max(vocab, 1)))
+    sum_e = None if keep else shifted.new_empty(n_rows)
+    sum_ez = shifted.new_empty(n_rows)
+    sum_e2 = shifted.new_empty(n_rows)
+    for start in range(0, n_rows, step):
+        stop = min(start + step, n_rows)
+        block = shifted[start:stop].clamp_(min=lowest)  # -inf -> lowest: exp 0; NaN stays NaN
         e = torch.exp(block)
-        # Row-wise dot products as batched [1, b] @ [b, 1] matmuls: no [C, b] product buffer.
-        sum_ez += torch.bmm(e.unsqueeze(1), block.unsqueeze(2)).view(n_rows)
-        sum_e2 += torch.bmm(e.unsqueeze(1), e.unsqueeze(2)).view(n_rows)
+        sum_ez[start:stop] = torch.einsum("ij,ij->i", e, block)
+        sum_e2[start:stop] = torch.einsum("ij,ij->i", e, e)
         if keep:
             block.copy_(e)
         else:
-            sum_e += e.sum(dim=1)
+            sum_e[start:stop] = e.sum(dim=1)
     return sum_e, sum_ez, sum_e2
 
 
