@@ -83,18 +83,24 @@ def chunk_rows_for(n_rows: int, vocab: int, chunk_bytes: int | None = None) -> i
     return max(1, min(rows, n_rows))
 
 
-def default_chunk_rows(n_rows: int, vocab: int, hidden_size: int = 0, chunk_bytes: int | None = None) -> int:
+def default_chunk_rows(
+    n_rows: int, vocab: int, hidden_size: int = 0, chunk_bytes: int | None = None, *, backward: bool = True
+) -> int:
     """Rows per chunk of the loss: ``chunk_bytes`` when given, else a chunk of
     ``N * V * 4 / CHUNK_FRACTION`` bytes clamped to ``[MIN_CHUNK_BYTES, DEFAULT_CHUNK_BYTES]``.
 
     The loss's working memory beyond its gradients is about one chunk, whereas ``LabelSmoother``'s grows
     with ``N * V`` (about four ``[N, V]`` float32 buffers), so a chunk proportional to ``N * V`` keeps the
     ratio small at every size; the bounds keep chunks tall enough for an efficient matmul and cap the
-    memory at large ``N``. ``hidden_size`` is accepted for rules that depend on it (the measured sweep in
+    memory at large ``N``. Without ``backward`` (a forward under ``no_grad``, e.g. evaluation) the chunk is
+    ``DEFAULT_CHUNK_BYTES``: each chunk reads the whole weight once, and there are no gradients to keep small
+    against. ``hidden_size`` is accepted for rules that depend on it (the measured sweep in
     ``docs/benchmarks.md`` found none needed).
     """
     if chunk_bytes is not None:
         return chunk_rows_for(n_rows, vocab, chunk_bytes)
+    if not backward:  # forward only (evaluation): fewer, larger chunks read the weight fewer times
+        return chunk_rows_for(n_rows, vocab, DEFAULT_CHUNK_BYTES)
     budget = n_rows * max(vocab, 1) * 4 // CHUNK_FRACTION
     budget = min(max(budget, MIN_CHUNK_BYTES), DEFAULT_CHUNK_BYTES)
     return chunk_rows_for(n_rows, vocab, budget)

@@ -163,6 +163,10 @@ def _denominator(labels: torch.Tensor, ignore_index: int, reduction: str, num_it
     return 1.0
 
 
+def _needs_backward(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _masked_row_stats(buffer: torch.Tensor, valid: torch.Tensor, shape: torch.Size) -> RowStats:
     """:class:`RowStats` shaped like the labels, NaN (``correct``: False) where the label is ignored."""
     stats = split_row_stats(buffer)
@@ -190,6 +194,7 @@ def _run(
     backend: str | None,
     chunk_bytes: int | None,
     return_stats: bool,
+    backward: bool,
 ) -> torch.Tensor | tuple[torch.Tensor, RowStats]:
     """Flatten the labels, resolve backend, denominator and chunk size, run ``op``, reshape "none"."""
     if not isinstance(return_stats, bool):
@@ -202,7 +207,7 @@ def _run(
         reduction=reduction,
         softcap=None if softcap is None else float(softcap),
         row_kernel=row_kernel,
-        chunk_rows=default_chunk_rows(flat_labels.numel(), vocab, width, chunk_bytes),
+        chunk_rows=default_chunk_rows(flat_labels.numel(), vocab, width, chunk_bytes, backward=backward),
         row_stats=return_stats,
     )
     out = op(flat_labels, settings, _denominator(flat_labels, ignore_index, reduction, num_items_in_batch))
@@ -305,7 +310,7 @@ def fused_linear_label_smoothing_ce(
         labels, vocab, width, hidden.device,
         ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
         num_items_in_batch=num_items_in_batch, softcap=softcap, backend=backend, chunk_bytes=chunk_bytes,
-        return_stats=return_stats,
+        return_stats=return_stats, backward=_needs_backward(hidden, weight, bias),
     )  # fmt: skip
 
 
@@ -349,5 +354,5 @@ def label_smoothing_ce(
         labels, vocab, 0, logits.device,
         ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
         num_items_in_batch=num_items_in_batch, softcap=softcap, backend=backend, chunk_bytes=chunk_bytes,
-        return_stats=return_stats,
+        return_stats=return_stats, backward=_needs_backward(logits),
     )  # fmt: skip
