@@ -327,8 +327,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed optimizer steps (train; one warm-up step more)")
     parser.add_argument("--repeats", type=int, default=3, help="fresh processes per variant; medians reported")
     parser.add_argument("--out", help="append raw runs to this JSON file")
+    parser.add_argument("--table-from", help="only print the table of a JSON-lines file written by --out")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.table_from:
+        with open(args.table_from) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        specs = list({_name(r["spec"]): r["spec"] for r in records}.values())
+        runs = {_name(s): [r for r in records if _name(r["spec"]) == _name(s)] for s in specs}
+        _report(specs, runs)
+        return
     if args.child:
         spec = json.loads(args.child)
         fn = {"eval": _eval_child, "train": _train_child}.get(spec.get("part"), _loss_child)
