@@ -29,10 +29,6 @@ from .row_stats import RowStats
 DEFAULT_STATS_CHUNK_BYTES = 64 * 1024 * 1024
 
 
-#: The per-row statistics (also what the loss kernels return with ``stats=True``).
-TokenRowStats = RowStats
-
-
 def _chunk_row_stats(z: torch.Tensor, y: torch.Tensor) -> RowStats:
     """Statistics of one chunk of float logits ``z [n, V]`` against targets ``y [n]``."""
     m, pred = z.max(dim=1)

@@ -19,7 +19,7 @@ import torch
 
 from hf_calib_kernels.row_stats import RowStats
 
-from ..metrics import CalibrationState
+from ..metrics import CalibrationState, logged_metrics
 from .token_calibration import DEFAULT_PREFIX, metric_summary, stats_width
 
 __all__ = ["TrainTokenCalibration", "pack_sample_stats"]
@@ -112,7 +112,7 @@ class TrainTokenCalibration:
                     RuntimeWarning,
                     stacklevel=2,
                 )
-            names = ("ece", "rms_ce", "mce", "brier", "nll", "accuracy", "mean_confidence", "entropy")
+            names = (*logged_metrics(), "entropy")  # the keys of a finite result, from the metric catalogue
             return {f"{self.prefix}count": int(count)} | {f"{self.prefix}{name}": math.nan for name in names}
         state = CalibrationState.from_packed(sums[: self.width].unsqueeze(0), n_bins=self.n_bins)
         out = metric_summary(state, self.prefix)
