@@ -26,6 +26,10 @@ import subprocess
 import sys
 import time
 
+# The same padded ShareGPT rows as the calibration-free benchmark (run as scripts: the folder is on sys.path).
+from bench_calibration_free import _Rows
+from bench_calibration_free import _rows as _dataset
+
 MODES = ("naive", "factory", "calibrated")
 KEYS = ("count", "ece", "rms_ce", "mce", "nll", "brier", "accuracy", "mean_confidence")
 
@@ -45,43 +49,6 @@ def _reset_peak_rss() -> bool:
     except OSError:
         return False
     return True
-
-
-def _dataset(tokenizer, n_samples: int, max_length: int):
-    """Chat-formatted ShareGPT turns padded to ``max_length``; prompt and padding labelled -100."""
-    import torch
-
-    from hf_calib.assets import load_sharegpt_turns
-
-    turns = load_sharegpt_turns(limit=n_samples, max_chars=16 * max_length)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    rows = []
-    for messages in turns["messages"]:
-        prompt = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(messages, tokenize=False)
-        n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        ids = tokenizer(full, add_special_tokens=False)["input_ids"][:max_length]
-        n = len(ids)
-        labels = [-100] * min(n_prompt, n) + ids[n_prompt:]
-        rows.append(
-            {
-                "input_ids": torch.tensor(ids + [pad] * (max_length - n)),
-                "attention_mask": torch.tensor([1] * n + [0] * (max_length - n)),
-                "labels": torch.tensor(labels + [-100] * (max_length - n)),
-            }
-        )
-    return rows
-
-
-class _Rows:
-    def __init__(self, rows):
-        self.rows = rows
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        return self.rows[i]
 
 
 def _naive_compute_metrics(eval_pred) -> dict:
